@@ -1,0 +1,136 @@
+"""Top-level training config: the sections every run has, and its validation after Hydra composition.
+
+Polymorphic sections (model, task, optim, lr_scheduler) are chosen by `name` through the registries.
+"""
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from linformer_pt.errors import UserError
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise a UserError with `message` unless `condition` holds."""
+    if not condition:
+        raise UserError(message)
+
+
+def check_choice(key: str, value: Any, allowed: List[str]) -> None:
+    """Raise a UserError naming `key`'s bad `value` and the allowed values."""
+    check(value in allowed, f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+@dataclass
+class CommonConfig:
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"common.device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N",
+        )
+        check(self.threads >= 0, f"common.threads={self.threads} must be >= 0")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "default"  # default (embedded corpus) | text (your files)
+    train_files: List[str] = field(default_factory=list)
+    valid_files: List[str] = field(default_factory=list)
+    valid_fraction: float = 0.02  # held out from training documents when valid_files is empty
+    cache_dir: str = "data/cache"
+    batch_size: int = 32
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("dataset.name", self.name, ["default", "text"])
+        check(
+            self.name != "text" or len(self.train_files) > 0,
+            "dataset=text needs dataset.train_files=[path,...] (one or more text files)",
+        )
+        check(0.0 < self.valid_fraction < 0.5, f"dataset.valid_fraction={self.valid_fraction} must be in (0, 0.5)")
+        check(self.batch_size > 0, f"dataset.batch_size={self.batch_size} must be > 0")
+        check(self.num_workers >= 0, f"dataset.num_workers={self.num_workers} must be >= 0")
+
+
+@dataclass
+class TokenizerConfig:
+    path: Optional[str] = None  # an existing tokenizer.json; None trains one on the training corpus
+    vocab_size: int = 8192
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size >= 300, f"tokenizer.vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)")
+
+
+@dataclass
+class OptimizationConfig:
+    max_update: int = 300
+    max_epoch: int = 0  # 0: no limit
+    update_freq: int = 1  # micro-batches accumulated per update
+    clip_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
+    validate_interval_updates: int = 100  # 0: validate only at the end
+
+    def __post_init__(self) -> None:
+        check(self.max_update > 0, f"optimization.max_update={self.max_update} must be > 0")
+        check(self.max_epoch >= 0, f"optimization.max_epoch={self.max_epoch} must be >= 0")
+        check(self.update_freq >= 1, f"optimization.update_freq={self.update_freq} must be >= 1")
+        check(self.clip_norm >= 0, f"optimization.clip_norm={self.clip_norm} must be >= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    save_dir: str = "checkpoints"  # relative to the run's output folder
+    save_interval_updates: int = 0  # 0: save only at the end
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10  # updates between JSONL train records
+    progress_bar: bool = True
+    tensorboard: bool = True  # scalars under <output>/tensorboard
+
+
+@dataclass
+class TrainConfig:
+    common: CommonConfig = field(default_factory=CommonConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    task: Any = MISSING
+    model: Any = MISSING
+    optim: Any = MISSING
+    lr_scheduler: Any = MISSING
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def load_config(cfg: DictConfig) -> TrainConfig:
+    """Turn a composed DictConfig into a validated TrainConfig of dataclasses (UserError on bad values)."""
+    from linformer_pt.registry import LR_SCHEDULERS, MODELS, OPTIMIZERS, TASKS
+
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    sections = {
+        "common": CommonConfig,
+        "dataset": DatasetConfig,
+        "tokenizer": TokenizerConfig,
+        "optimization": OptimizationConfig,
+        "checkpoint": CheckpointConfig,
+        "logging": LoggingConfig,
+    }
+    out = {}
+    for key, cls in sections.items():
+        try:
+            out[key] = cls(**plain.get(key, {}))
+        except TypeError as err:
+            raise UserError(f"{key}: {err}") from None
+    for key, registry in [("task", TASKS), ("model", MODELS), ("optim", OPTIMIZERS), ("lr_scheduler", LR_SCHEDULERS)]:
+        out[key] = registry.config(plain[key])
+    return TrainConfig(**out)

@@ -1,0 +1,66 @@
+"""Content-keyed cache folders, built atomically.
+
+A folder `<root>/<name>-<key>` is complete only once its manifest.json exists; it is built under a temporary
+name and renamed into place, so an interrupted build is never mistaken for a finished one.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Union
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def key_of(spec: Dict[str, Any]) -> str:
+    """A short stable hash of a JSON-serialisable description of what a cache entry was built from."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_dir(root: Union[str, Path], name: str, spec: Dict[str, Any], build: Callable[[Path], Dict]) -> Path:
+    """Return the complete cache folder for `spec`, calling build(tmp_folder) -> manifest extras if absent."""
+    final = Path(root) / f"{name}-{key_of(spec)}"
+    if (final / MANIFEST).exists():
+        return final
+    if final.exists():  # left by a build that was interrupted mid-rename: never trust it
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        extras = build(tmp)
+        write_json_atomic(tmp / MANIFEST, {"spec": spec, **extras})
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished the same entry first
+            if not (final / MANIFEST).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def read_manifest(folder: Union[str, Path]) -> Dict[str, Any]:
+    with open(Path(folder) / MANIFEST, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
+    """Write JSON through a temporary file, fsync and rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

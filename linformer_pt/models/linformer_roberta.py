@@ -1,0 +1,144 @@
+"""RoBERTa-style masked-LM encoder with Linformer self-attention (or standard attention as a baseline).
+
+Embeddings (tokens + learned positions, LayerNorm) -> Encoder -> LM head tied to the token embeddings.
+"""
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from linformer_pt.config import check, check_choice
+from linformer_pt.errors import UserError
+from linformer_pt.modules.attention import SHARING_SCHEMES
+from linformer_pt.modules.encoder import Encoder
+from linformer_pt.modules.projections import PROJECTION_INITS
+from linformer_pt.registry import register_model
+
+
+@dataclass
+class LinformerRobertaConfig:
+    name: str = "linformer_roberta"
+    layers: int = 4
+    embed_dim: int = 256
+    ffn_embed_dim: int = 1024
+    heads: int = 4
+    max_positions: int = 256
+    attention: str = "linformer"  # linformer | standard
+    k: Any = 64  # projected length: an int, or a list with one k per layer
+    compressed: int = 0  # fairseq's alias: k = max_positions // compressed (0: use k)
+    sharing: str = "headwise"  # none | headwise | kv | layerwise
+    projection_init: str = "xavier"  # xavier | normal (N(0, 0.02))
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    normalize_before: bool = False  # False: post-LN as in RoBERTa
+
+    def __post_init__(self) -> None:
+        for key in ("layers", "embed_dim", "ffn_embed_dim", "heads", "max_positions"):
+            check(getattr(self, key) > 0, f"model.{key}={getattr(self, key)} must be > 0")
+        check(
+            self.embed_dim % self.heads == 0,
+            f"model.embed_dim={self.embed_dim} must be divisible by model.heads={self.heads}",
+        )
+        check_choice("model.attention", self.attention, ["linformer", "standard"])
+        check_choice("model.sharing", self.sharing, list(SHARING_SCHEMES))
+        check_choice("model.projection_init", self.projection_init, list(PROJECTION_INITS))
+        for key in ("dropout", "attention_dropout", "activation_dropout"):
+            check(0.0 <= getattr(self, key) < 1.0, f"model.{key}={getattr(self, key)} must be in [0, 1)")
+        check(self.compressed >= 0, f"model.compressed={self.compressed} must be >= 0")
+        self.layer_ks()  # validates k
+
+    def layer_ks(self) -> List[int]:
+        """One projected length per layer, validated against max_positions and the sharing scheme."""
+        if self.compressed:
+            k: Any = self.max_positions // self.compressed
+            check(k > 0, f"model.compressed={self.compressed} leaves k=0 for max_positions={self.max_positions}")
+        else:
+            k = self.k
+        ks = list(k) if isinstance(k, (list, tuple)) else [k] * self.layers
+        check(
+            len(ks) == self.layers,
+            f"model.k has {len(ks)} values but model.layers={self.layers}; give one k or one per layer",
+        )
+        for value in ks:
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and 0 < value <= self.max_positions,
+                f"model.k={value!r} must be an integer in [1, max_positions={self.max_positions}]",
+            )
+        check(
+            self.sharing != "layerwise" or len(set(ks)) == 1,
+            f"model.sharing=layerwise shares one projection, so all layers need the same k (got {ks})",
+        )
+        return ks
+
+
+@register_model("linformer_roberta", LinformerRobertaConfig)
+class LinformerRoberta(nn.Module):
+    """Token + position embeddings, a Linformer encoder, and a masked-LM head tied to the embeddings."""
+
+    def __init__(self, cfg: LinformerRobertaConfig, vocab_size: int, padding_idx: int) -> None:
+        super().__init__()
+        self.cfg, self.padding_idx = cfg, padding_idx
+        d = cfg.embed_dim
+        self.embed_tokens = nn.Embedding(vocab_size, d, padding_idx=padding_idx)
+        self.embed_positions = nn.Embedding(cfg.max_positions, d)
+        self.embed_layer_norm = nn.LayerNorm(d)
+        self.encoder = Encoder(
+            cfg.layers, d, cfg.ffn_embed_dim, cfg.heads, cfg.max_positions, cfg.layer_ks(), cfg.attention,
+            cfg.sharing, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.normalize_before,
+            cfg.projection_init,
+        )  # fmt: skip
+        self.lm_dense = nn.Linear(d, d)
+        self.lm_layer_norm = nn.LayerNorm(d)
+        self.lm_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.apply(_init_bert_params)
+
+    @classmethod
+    def build(cls, cfg: LinformerRobertaConfig, task: Any) -> "LinformerRoberta":
+        """Build for `task`, which supplies the vocabulary size and padding index."""
+        return cls(cfg, vocab_size=task.vocab_size, padding_idx=task.pad_id)
+
+    def extract_features(self, tokens: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Encoder output (B, n, d) for token ids (B, n); padding_mask is True at padded positions."""
+        n = tokens.shape[1]
+        if n > self.cfg.max_positions:
+            raise UserError(f"input length {n} exceeds model.max_positions={self.cfg.max_positions}")
+        positions = torch.arange(n, device=tokens.device)
+        x = self.embed_layer_norm(self.embed_tokens(tokens) + self.embed_positions(positions))
+        x = F.dropout(x, self.cfg.dropout, self.training)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+            if not padding_mask.any():
+                padding_mask = None  # lets attention skip the masking work
+        return self.encoder(x, padding_mask)
+
+    def lm_head(self, features: Tensor) -> Tensor:
+        """Vocabulary logits for features (..., d), using the tied token embedding matrix."""
+        x = self.lm_layer_norm(F.gelu(self.lm_dense(features)))
+        return F.linear(x, self.embed_tokens.weight, self.lm_bias)
+
+    def forward(
+        self, tokens: Tensor, padding_mask: Optional[Tensor] = None, masked_positions: Optional[Tensor] = None
+    ) -> Tensor:
+        """LM logits: (M, V) at the M True entries of `masked_positions` when given, else (B, n, V).
+
+        Running the head only where the loss is computed saves most of its cost (vocabulary x positions).
+        """
+        features = self.extract_features(tokens, padding_mask)
+        if masked_positions is not None:
+            features = features[masked_positions]
+        return self.lm_head(features)
+
+
+def _init_bert_params(module: nn.Module) -> None:
+    """BERT/RoBERTa initialisation: N(0, 0.02) weights, zero biases; Linformer projections keep their own."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()

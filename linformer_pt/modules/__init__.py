@@ -1,0 +1,1 @@
+"""Building blocks: sequence-axis projections, self-attention (Linformer and standard), encoder layers."""

@@ -1,0 +1,95 @@
+"""Transformer encoder layers with pluggable self-attention, post-LN (RoBERTa) or pre-LN.
+
+The Encoder owns the one projection that `layerwise` sharing uses in every layer, so it is registered once.
+"""
+from typing import List, Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from linformer_pt.modules.attention import LinformerSelfAttention, StandardSelfAttention
+from linformer_pt.modules.projections import LinearProjection
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention + GELU feed-forward block, each wrapped in dropout, residual and LayerNorm."""
+
+    def __init__(
+        self,
+        attention: nn.Module,
+        embed_dim: int,
+        ffn_embed_dim: int,
+        dropout: float,
+        activation_dropout: float,
+        normalize_before: bool,
+    ) -> None:
+        super().__init__()
+        self.self_attn = attention
+        self.attn_layer_norm = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, ffn_embed_dim)
+        self.fc2 = nn.Linear(ffn_embed_dim, embed_dim)
+        self.final_layer_norm = nn.LayerNorm(embed_dim)
+        self.dropout, self.activation_dropout = dropout, activation_dropout
+        self.normalize_before = normalize_before
+
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, block) -> Tensor:
+        if self.normalize_before:
+            return x + F.dropout(block(norm(x)), self.dropout, self.training)
+        return norm(x + F.dropout(block(x), self.dropout, self.training))
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.fc2(F.dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training))
+
+    def forward(
+        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[LinearProjection] = None
+    ) -> Tensor:
+        x = self._residual(x, self.attn_layer_norm, lambda h: self.self_attn(h, padding_mask, shared_projection))
+        return self._residual(x, self.final_layer_norm, self._ffn)
+
+
+class Encoder(nn.Module):
+    """A stack of EncoderLayers; `ks` gives each layer's projected length (ignored by standard attention)."""
+
+    def __init__(
+        self,
+        layers: int,
+        embed_dim: int,
+        ffn_embed_dim: int,
+        num_heads: int,
+        max_positions: int,
+        ks: List[int],
+        attention: str = "linformer",
+        sharing: str = "headwise",
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.0,
+        normalize_before: bool = False,
+        projection_init: str = "xavier",
+    ) -> None:
+        super().__init__()
+        if len(ks) != layers:
+            raise ValueError(f"got {len(ks)} values of k for {layers} layers")
+        use_linformer = attention == "linformer"
+        self.shared_projection = (
+            LinearProjection(max_positions, ks[0], None, projection_init)
+            if use_linformer and sharing == "layerwise"
+            else None
+        )
+
+        def make_attention(k: int) -> nn.Module:
+            if not use_linformer:
+                return StandardSelfAttention(embed_dim, num_heads, attention_dropout)
+            return LinformerSelfAttention(
+                embed_dim, num_heads, max_positions, k, sharing, attention_dropout, projection_init
+            )
+
+        self.layers = nn.ModuleList(
+            EncoderLayer(make_attention(k), embed_dim, ffn_embed_dim, dropout, activation_dropout, normalize_before)
+            for k in ks
+        )
+        self.final_layer_norm = nn.LayerNorm(embed_dim) if normalize_before else None
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, padding_mask, self.shared_projection)
+        return x if self.final_layer_norm is None else self.final_layer_norm(x)

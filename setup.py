@@ -1,0 +1,45 @@
+"""Packaging for linformer-pt: the package, its Hydra configs (shipped as package data) and CLIs."""
+from setuptools import setup
+
+setup(
+    name="linformer-pt",
+    version="0.1.0",
+    description="Fairseq-style masked-LM pretraining framework for Linformer encoders",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=[
+        "linformer_pt",
+        "linformer_pt.cli",
+        "linformer_pt.data",
+        "linformer_pt.models",
+        "linformer_pt.modules",
+        "linformer_pt.tasks",
+        "linformer_pt.training",
+        "linformer_pt.configs",
+    ],
+    # The top-level configs/ folder is the package linformer_pt.configs, so that Hydra finds it
+    # through pkg:// from an editable checkout, a wheel, or the Docker image alike.
+    package_dir={"linformer_pt.configs": "configs"},
+    package_data={"linformer_pt.configs": ["*.yaml", "*/*.yaml"]},
+    install_requires=[
+        "torch>=2.3",
+        "hydra-core>=1.3.2,<1.4",
+        "omegaconf>=2.3,<2.4",
+        "datasets>=2.14",
+        "tokenizers>=0.15",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "tqdm>=4.64",
+        "tensorboard>=2.12",
+    ],
+    extras_require={
+        "wandb": ["wandb>=0.16"],
+        "dev": ["pytest>=7.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "linformer-train=linformer_pt.cli.train:main",
+        ],
+    },
+)
