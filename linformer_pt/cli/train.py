@@ -2,9 +2,11 @@
 
 Bad input (a UserError) is printed as one line on stderr with exit status 2; outputs already on disk stay.
 """
+import re
 import sys
+from importlib import resources
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import hydra
 import torch
@@ -53,7 +55,29 @@ def hydra_main(cfg: DictConfig) -> float:
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise
 
 
+CONFIG_GROUPS = ("model", "task", "dataset", "optim", "lr_scheduler", "experiment")
+
+
+def unknown_group_option(argv: List[str]) -> str:
+    """A one-line error for `group=option` naming an option that has no YAML file, else ''."""
+    configs = resources.files("linformer_pt.configs")
+    for arg in argv:
+        match = re.fullmatch(r"(\w+)=([\w.-]+)", arg)
+        if not match or match.group(1) not in CONFIG_GROUPS:
+            continue
+        group, option = match.groups()
+        known = sorted(p.name[:-5] for p in (configs / group).iterdir() if p.name.endswith(".yaml"))
+        if option not in known:
+            return f"unknown {group} '{option}'; known: {', '.join(known)}"
+    return ""
+
+
 def main() -> None:
+    # Hydra reports a missing group option over a dozen lines; say it in one, as for every other bad value.
+    error = unknown_group_option(sys.argv[1:])
+    if error:
+        print(f"linformer-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
     hydra_main()
 
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: composed configs and one data cache (corpus, tokenizer, tokens) for the whole session."""
+import os
+from pathlib import Path
+from typing import List
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from hydra import compose, initialize_config_module  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import linformer_pt.models  # noqa: E402,F401
+import linformer_pt.tasks  # noqa: E402,F401
+import linformer_pt.training  # noqa: E402,F401
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data_cache")
+
+
+def compose_config(overrides: List[str]) -> DictConfig:
+    """Compose configs/train.yaml the way linformer-train does, with `overrides`."""
+    with initialize_config_module(config_module="linformer_pt.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_overrides(cache_dir) -> List[str]:
+    """Overrides for a seconds-long run on the embedded corpus, quiet and cached."""
+    return [
+        "experiment=smoke",
+        f"dataset.cache_dir={cache_dir}",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+    ]
+
