@@ -61,6 +61,7 @@ def test_per_layer_k_and_compressed_alias():
         ("model.k=257", r"model.k=257 must be an integer in \[1, max_positions=256\]"),
         ("model.k=[8,8]", "model.k has 2 values but model.layers=4"),
         ("model.attention=sparse", "model.attention='sparse' is not allowed"),
+        ("model.projection=gaussian", "model.projection='gaussian' is not allowed; choose one of: linear, mean_pool"),
         ("model.name=gpt", "unknown model 'gpt'; known: linformer_roberta"),
         ("optimization.max_update=0", "optimization.max_update=0 must be > 0"),
         ("task.sample_break_mode=sentence", "task.sample_break_mode='sentence' is not allowed"),

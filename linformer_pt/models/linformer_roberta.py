@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from linformer_pt.config import check, check_choice
 from linformer_pt.errors import UserError
-from linformer_pt.modules.attention import SHARING_SCHEMES
+from linformer_pt.modules.attention import ATTENTION_KINDS, SHARING_SCHEMES, AttentionSpec
 from linformer_pt.modules.encoder import Encoder
-from linformer_pt.modules.projections import PROJECTION_INITS
+from linformer_pt.modules.projections import PROJECTION_INITS, PROJECTIONS
 from linformer_pt.registry import register_model
 
 
@@ -29,7 +29,10 @@ class LinformerRobertaConfig:
     k: Any = 64  # projected length: an int, or a list with one k per layer
     compressed: int = 0  # fairseq's alias: k = max_positions // compressed (0: use k)
     sharing: str = "headwise"  # none | headwise | kv | layerwise
-    projection_init: str = "xavier"  # xavier | normal (N(0, 0.02))
+    projection: str = "linear"  # linear | mean_pool | max_pool | conv | identity (k = n, k ignored)
+    projection_init: str = "xavier"  # xavier | normal (N(0, 0.02)), for projection=linear
+    freeze_projections: bool = False  # keep E/F at their initial (or loaded) values
+    fairseq_compat: bool = False  # ignore the padding mask in projections, as fairseq does (parity runs only)
     dropout: float = 0.1
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
@@ -42,13 +45,20 @@ class LinformerRobertaConfig:
             self.embed_dim % self.heads == 0,
             f"model.embed_dim={self.embed_dim} must be divisible by model.heads={self.heads}",
         )
-        check_choice("model.attention", self.attention, ["linformer", "standard"])
+        check_choice("model.attention", self.attention, list(ATTENTION_KINDS))
         check_choice("model.sharing", self.sharing, list(SHARING_SCHEMES))
+        check_choice("model.projection", self.projection, list(PROJECTIONS))
         check_choice("model.projection_init", self.projection_init, list(PROJECTION_INITS))
         for key in ("dropout", "attention_dropout", "activation_dropout"):
             check(0.0 <= getattr(self, key) < 1.0, f"model.{key}={getattr(self, key)} must be in [0, 1)")
         check(self.compressed >= 0, f"model.compressed={self.compressed} must be >= 0")
         self.layer_ks()  # validates k
+
+    def attention_spec(self) -> AttentionSpec:
+        return AttentionSpec(
+            self.attention, self.sharing, self.projection, self.projection_init, self.attention_dropout,
+            self.fairseq_compat,
+        )  # fmt: skip
 
     def layer_ks(self) -> List[int]:
         """One projected length per layer, validated against max_positions and the sharing scheme."""
@@ -86,9 +96,8 @@ class LinformerRoberta(nn.Module):
         self.embed_positions = nn.Embedding(cfg.max_positions, d)
         self.embed_layer_norm = nn.LayerNorm(d)
         self.encoder = Encoder(
-            cfg.layers, d, cfg.ffn_embed_dim, cfg.heads, cfg.max_positions, cfg.layer_ks(), cfg.attention,
-            cfg.sharing, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.normalize_before,
-            cfg.projection_init,
+            cfg.layers, d, cfg.ffn_embed_dim, cfg.heads, cfg.max_positions, cfg.layer_ks(), cfg.attention_spec(),
+            cfg.dropout, cfg.activation_dropout, cfg.normalize_before, cfg.freeze_projections,
         )  # fmt: skip
         self.lm_dense = nn.Linear(d, d)
         self.lm_layer_norm = nn.LayerNorm(d)

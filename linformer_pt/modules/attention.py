@@ -2,15 +2,28 @@
 
 Both take x (B, n, d) and an optional padding mask (B, n), True at padded positions, and return (B, n, d).
 """
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linformer_pt.modules.projections import LinearProjection
+from linformer_pt.modules.projections import SequenceProjection, build_projection
 
 SHARING_SCHEMES = ("none", "headwise", "kv", "layerwise")
+ATTENTION_KINDS = ("linformer", "standard")
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """How every layer's self-attention is built (all but the per-layer k)."""
+
+    kind: str = "linformer"  # linformer | standard
+    sharing: str = "headwise"  # none | headwise | kv | layerwise
+    projection: str = "linear"  # linear | mean_pool | max_pool | conv | identity
+    projection_init: str = "xavier"
+    dropout: float = 0.0  # on attention probabilities
+    fairseq_compat: bool = False  # ignore the padding mask in projections, as fairseq's Linformer does
 
 
 class _MultiHeadBase(nn.Module):
@@ -41,7 +54,7 @@ class _MultiHeadBase(nn.Module):
 class StandardSelfAttention(_MultiHeadBase):
     """softmax(Q K^T / sqrt(dh)) V over all n keys, padded keys excluded (PyTorch's fused SDPA)."""
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection=None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None) -> Tensor:
         q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
         return self.out_proj(self.attend(q, k, v, attn_mask))
@@ -54,47 +67,62 @@ class LinformerSelfAttention(_MultiHeadBase):
     `layerwise` (one E = F for all layers, owned by the encoder and passed to forward()).
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        max_positions: int,
-        k: int,
-        sharing: str = "headwise",
-        dropout: float = 0.0,
-        projection_init: str = "xavier",
-    ) -> None:
-        super().__init__(embed_dim, num_heads, dropout)
-        if sharing not in SHARING_SCHEMES:
-            raise ValueError(f"sharing {sharing!r} is not one of {SHARING_SCHEMES}")
-        self.sharing, self.k = sharing, k
-        heads = num_heads if sharing == "none" else None
-        make = lambda: LinearProjection(max_positions, k, heads, projection_init)  # noqa: E731
-        self.proj_e = make() if sharing != "layerwise" else None
-        self.proj_f = make() if sharing in ("none", "headwise") else None
+    def __init__(self, embed_dim: int, num_heads: int, max_positions: int, k: int, spec: AttentionSpec) -> None:
+        super().__init__(embed_dim, num_heads, spec.dropout)
+        if spec.sharing not in SHARING_SCHEMES:
+            raise ValueError(f"sharing {spec.sharing!r} is not one of {SHARING_SCHEMES}")
+        self.sharing, self.fairseq_compat = spec.sharing, spec.fairseq_compat
+        heads = num_heads if spec.sharing == "none" else None
+
+        def make() -> SequenceProjection:
+            return build_projection(spec.projection, max_positions, k, heads, spec.projection_init)
+
+        self.proj_e = make() if spec.sharing != "layerwise" else None
+        self.proj_f = make() if spec.sharing in ("none", "headwise") else None
 
     def forward(
-        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[LinearProjection] = None
+        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None
     ) -> Tensor:
-        keep = None if padding_mask is None else (~padding_mask).to(x.dtype)
-        q = self.split_heads(self.q_proj(x))
-        if self.sharing == "none":
-            k = self.proj_e(self.split_heads(self.k_proj(x)), keep)
-            v = self.proj_f(self.split_heads(self.v_proj(x)), keep)
-        else:
-            k, v = self._project_first(x, keep, shared_projection)
-        return self.out_proj(self.attend(q, k, v))
-
-    def _project_first(self, x: Tensor, keep: Optional[Tensor], shared: Optional[LinearProjection]):
-        """K = E (m*X W_K + m b_K) computed as (E (m*X)) W_K + (E m) b_K: the K/V maps then run on k rows, not n."""
-        e = shared if self.sharing == "layerwise" else self.proj_e
-        f = self.proj_f or e
+        e = shared_projection if self.sharing == "layerwise" else self.proj_e
         if e is None:
             raise ValueError("layerwise sharing needs the encoder's shared projection")
-        ex = e(x, keep)
-        fx = ex if f is e else f(x, keep)
-        ek = e.project_keep(keep, x.shape[1], x.dtype)
-        fk = ek if f is e else f.project_keep(keep, x.shape[1], x.dtype)
-        k = F.linear(ex, self.k_proj.weight) + ek.unsqueeze(-1) * self.k_proj.bias
-        v = F.linear(fx, self.v_proj.weight) + fk.unsqueeze(-1) * self.v_proj.bias
+        f = self.proj_f or e
+        keep = None if padding_mask is None or self.fairseq_compat else (~padding_mask).to(x.dtype)
+        q = self.split_heads(self.q_proj(x))
+        if e.linear and not e.per_head:
+            k, v = self._project_first(x, keep, e, f)
+        else:
+            k, v = self._project_after(x, keep, e, f)
+        key_mask = None if self.fairseq_compat else e.projected_padding_mask(padding_mask, x.shape[1], x.device)
+        return self.out_proj(self.attend(q, k, v, None if key_mask is None else ~key_mask[:, None, None, :]))
+
+    def _project_first(
+        self, x: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection
+    ) -> Tuple[Tensor, Tensor]:
+        """K = E(m*(X W_K + b_K)) computed as E(m*X) W_K + E(m) b_K: the K/V maps then run on k rows, not n."""
+        ones = x.new_ones(x.shape[0], x.shape[1], 1)
+        ex, e1 = e(x, keep), e(ones, keep)
+        fx, f1 = (ex, e1) if f is e else (f(x, keep), f(ones, keep))
+        k = F.linear(ex, self.k_proj.weight) + e1 * self.k_proj.bias
+        v = F.linear(fx, self.v_proj.weight) + f1 * self.v_proj.bias
         return self.split_heads(k), self.split_heads(v)
+
+    def _project_after(
+        self, x: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection
+    ) -> Tuple[Tensor, Tensor]:
+        """Per-head or non-linear (max-pool) projections need the full n-row keys and values first."""
+
+        def project(linear: nn.Linear, proj: SequenceProjection) -> Tensor:
+            h = linear(x)
+            return proj(self.split_heads(h), keep) if proj.per_head else self.split_heads(proj(h, keep))
+
+        return project(self.k_proj, e), project(self.v_proj, f)
+
+
+def build_attention(spec: AttentionSpec, embed_dim: int, num_heads: int, max_positions: int, k: int) -> nn.Module:
+    """The self-attention module of one layer."""
+    if spec.kind == "standard":
+        return StandardSelfAttention(embed_dim, num_heads, spec.dropout)
+    if spec.kind != "linformer":
+        raise ValueError(f"attention {spec.kind!r} is not one of {ATTENTION_KINDS}")
+    return LinformerSelfAttention(embed_dim, num_heads, max_positions, k, spec)

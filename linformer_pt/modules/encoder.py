@@ -2,13 +2,13 @@
 
 The Encoder owns the one projection that `layerwise` sharing uses in every layer, so it is registered once.
 """
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linformer_pt.modules.attention import LinformerSelfAttention, StandardSelfAttention
-from linformer_pt.modules.projections import LinearProjection
+from linformer_pt.modules.attention import AttentionSpec, build_attention
+from linformer_pt.modules.projections import SequenceProjection, build_projection
 
 
 class EncoderLayer(nn.Module):
@@ -32,7 +32,7 @@ class EncoderLayer(nn.Module):
         self.dropout, self.activation_dropout = dropout, activation_dropout
         self.normalize_before = normalize_before
 
-    def _residual(self, x: Tensor, norm: nn.LayerNorm, block) -> Tensor:
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, block: Callable[[Tensor], Tensor]) -> Tensor:
         if self.normalize_before:
             return x + F.dropout(block(norm(x)), self.dropout, self.training)
         return norm(x + F.dropout(block(x), self.dropout, self.training))
@@ -41,7 +41,7 @@ class EncoderLayer(nn.Module):
         return self.fc2(F.dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training))
 
     def forward(
-        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[LinearProjection] = None
+        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None
     ) -> Tensor:
         x = self._residual(x, self.attn_layer_norm, lambda h: self.self_attn(h, padding_mask, shared_projection))
         return self._residual(x, self.final_layer_norm, self._ffn)
@@ -58,36 +58,33 @@ class Encoder(nn.Module):
         num_heads: int,
         max_positions: int,
         ks: List[int],
-        attention: str = "linformer",
-        sharing: str = "headwise",
+        attention: AttentionSpec,
         dropout: float = 0.1,
-        attention_dropout: float = 0.1,
         activation_dropout: float = 0.0,
         normalize_before: bool = False,
-        projection_init: str = "xavier",
+        freeze_projections: bool = False,
     ) -> None:
         super().__init__()
         if len(ks) != layers:
             raise ValueError(f"got {len(ks)} values of k for {layers} layers")
-        use_linformer = attention == "linformer"
+        layerwise = attention.kind == "linformer" and attention.sharing == "layerwise"
         self.shared_projection = (
-            LinearProjection(max_positions, ks[0], None, projection_init)
-            if use_linformer and sharing == "layerwise"
+            build_projection(attention.projection, max_positions, ks[0], None, attention.projection_init)
+            if layerwise
             else None
         )
-
-        def make_attention(k: int) -> nn.Module:
-            if not use_linformer:
-                return StandardSelfAttention(embed_dim, num_heads, attention_dropout)
-            return LinformerSelfAttention(
-                embed_dim, num_heads, max_positions, k, sharing, attention_dropout, projection_init
-            )
-
         self.layers = nn.ModuleList(
-            EncoderLayer(make_attention(k), embed_dim, ffn_embed_dim, dropout, activation_dropout, normalize_before)
+            EncoderLayer(
+                build_attention(attention, embed_dim, num_heads, max_positions, k),
+                embed_dim, ffn_embed_dim, dropout, activation_dropout, normalize_before,
+            )  # fmt: skip
             for k in ks
         )
         self.final_layer_norm = nn.LayerNorm(embed_dim) if normalize_before else None
+        if freeze_projections:
+            for module in self.modules():
+                if isinstance(module, SequenceProjection):
+                    module.requires_grad_(False)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         for layer in self.layers:

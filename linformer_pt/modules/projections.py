@@ -1,33 +1,52 @@
-"""Sequence-axis projections n -> k (Linformer's E and F).
+"""Sequence-axis projections n -> k (Linformer's E and F): learned linear, mean/max pooling, strided conv, identity.
 
-A projection maps the n positions of keys or values to k rows. Inputs shorter than `max_positions` use the
-first n rows of the (max_positions x k) matrix; padded positions are zeroed first, so they contribute nothing.
+Every projection maps (..., n, C) to (..., k, C) and ignores padded positions: `keep` (B, n) is 1 at real
+positions and 0 at padding, which must be on the right. Inputs shorter than max_positions use the first n rows
+of a learned E; pooling and conv windows adapt to each sample's real length, so padding never changes them.
 """
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from linformer_pt.errors import UserError
 
+PROJECTIONS = ("linear", "mean_pool", "max_pool", "conv", "identity")
 PROJECTION_INITS = ("xavier", "normal")
 
 
-class LinearProjection(nn.Module):
-    """Learned projection E of shape (max_positions, k), or (heads, max_positions, k) with one E per head."""
+class SequenceProjection(nn.Module):
+    """Base class. `linear` means P(XW + 1b) = P(X)W + P(1)b, which lets attention project X before W_K, W_V."""
+
+    linear = True
+    per_head = False  # True: expects (B, heads, n, dh) and has one set of weights per head
+
+    def __init__(self, max_positions: int, k: int) -> None:
+        super().__init__()
+        self.max_positions, self.k = max_positions, k
+
+    def check_length(self, n: int) -> None:
+        if n > self.max_positions:
+            raise UserError(f"input length {n} exceeds max_positions {self.max_positions} of the Linformer projection")
+
+    def projected_padding_mask(self, padding_mask: Optional[Tensor], n: int, device: torch.device) -> Optional[Tensor]:
+        """(B or 1, k) True where a projected row holds no real position (masked out as keys), or None."""
+        return None
+
+
+class LinearProjection(SequenceProjection):
+    """Learned E of shape (max_positions, k), or (heads, max_positions, k) with one E per head."""
 
     def __init__(self, max_positions: int, k: int, num_heads: Optional[int] = None, init: str = "xavier") -> None:
-        super().__init__()
-        self.max_positions, self.k, self.num_heads = max_positions, k, num_heads
+        super().__init__(max_positions, k)
+        self.per_head = num_heads is not None
         shape = (max_positions, k) if num_heads is None else (num_heads, max_positions, k)
         self.weight = nn.Parameter(torch.empty(shape))
-        self.reset_parameters(init)
-
-    def reset_parameters(self, init: str = "xavier") -> None:
         if init == "xavier":
-            # fairseq's gain: E and F each see half of the fan of a K/V projection pair.
-            bound = math.sqrt(6.0 / (self.max_positions + self.k)) / math.sqrt(2.0)
+            # fairseq's gain 1/sqrt(2): E and F each carry half of a key/value projection pair.
+            bound = math.sqrt(6.0 / (max_positions + k)) / math.sqrt(2.0)
             nn.init.uniform_(self.weight, -bound, bound)
         elif init == "normal":
             nn.init.normal_(self.weight, mean=0.0, std=0.02)
@@ -36,24 +55,100 @@ class LinearProjection(nn.Module):
 
     def matrix(self, n: int) -> Tensor:
         """The first n rows of E: (n, k), or (heads, n, k) for per-head projections."""
-        if n > self.max_positions:
-            raise UserError(f"input length {n} exceeds max_positions {self.max_positions} of the Linformer projection")
+        self.check_length(n)
         return self.weight[..., :n, :]
 
     def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
-        """Project the sequence axis of x to k rows; `keep` (B, n) is 1 at real positions, 0 at padding.
-
-        Shared E: x (B, n, d) -> (B, k, d). Per-head E: x (B, heads, n, dh) -> (B, heads, k, dh).
-        """
-        n = x.shape[-2]
+        """x (B, n, C) -> (B, k, C); per head: (B, heads, n, dh) -> (B, heads, k, dh)."""
         if keep is not None:
-            x = x * (keep[:, :, None] if self.num_heads is None else keep[:, None, :, None])
-        return self.matrix(n).transpose(-1, -2).to(x.dtype) @ x
+            x = x * (keep[:, None, :, None] if self.per_head else keep[:, :, None])
+        return self.matrix(x.shape[-2]).transpose(-1, -2).to(x.dtype) @ x
 
-    def project_keep(self, keep: Optional[Tensor], n: int, dtype: torch.dtype) -> Tensor:
-        """E^T m for the 0/1 mask m: how much of a bias added at every real position reaches each of the k rows.
 
-        Returns (B, k), or (k,) when there is no padding mask. Only for a shared (not per-head) projection.
-        """
-        e = self.matrix(n).to(dtype)
-        return e.sum(0) if keep is None else keep.to(dtype) @ e
+class IdentityProjection(SequenceProjection):
+    """k = n: standard softmax attention through the Linformer code path (padded keys masked out)."""
+
+    def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        self.check_length(x.shape[-2])
+        return x if keep is None else x * keep[:, :, None]
+
+    def projected_padding_mask(self, padding_mask: Optional[Tensor], n: int, device: torch.device) -> Optional[Tensor]:
+        return padding_mask
+
+
+class WindowProjection(SequenceProjection):
+    """Projections over k contiguous windows of each sample's real length L (pooling, strided conv)."""
+
+    def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        n = x.shape[-2]
+        self.check_length(n)
+        if keep is None:
+            return self.windows(x, n)
+        lengths = keep.sum(1).long()
+        out = x.new_empty(*x.shape[:-2], self.k, x.shape[-1])
+        # Samples of equal length share one call; a packed batch has few distinct lengths.
+        for length in torch.unique(lengths).tolist():
+            rows = (lengths == length).nonzero().squeeze(1)
+            out[rows] = self.windows(x[rows][..., : max(length, 1), :], max(length, 1))
+        return out
+
+    def windows(self, x: Tensor, length: int) -> Tensor:
+        """Project x (..., length, C) -> (..., k, C)."""
+        raise NotImplementedError
+
+
+class PoolProjection(WindowProjection):
+    """Adaptive mean or max pooling to exactly k rows (windows [floor(jL/k), ceil((j+1)L/k)))."""
+
+    def __init__(self, max_positions: int, k: int, kind: str) -> None:
+        super().__init__(max_positions, k)
+        self.linear = kind == "mean_pool"
+        self._pool: Callable = F.adaptive_avg_pool1d if self.linear else F.adaptive_max_pool1d
+
+    def windows(self, x: Tensor, length: int) -> Tensor:
+        flat = x.reshape(-1, length, x.shape[-1]).transpose(1, 2)  # pool over the sequence axis
+        return self._pool(flat, self.k).transpose(1, 2).reshape(*x.shape[:-2], self.k, x.shape[-1])
+
+
+class ConvProjection(WindowProjection):
+    """Strided conv with kernel = stride = ceil(L/k): row j = mean over t of w_t * x[j*K + t] (zeros past L).
+
+    One learned weight per tap, shared by all features (per head with sharing=none); initialised to 1, i.e. to
+    mean pooling. Inputs shorter than max_positions use the first K taps.
+    """
+
+    def __init__(self, max_positions: int, k: int, num_heads: Optional[int] = None) -> None:
+        super().__init__(max_positions, k)
+        self.per_head = num_heads is not None
+        taps = math.ceil(max_positions / k)
+        self.weight = nn.Parameter(torch.ones(taps) if num_heads is None else torch.ones(num_heads, taps))
+
+    def windows(self, x: Tensor, length: int) -> Tensor:
+        kernel = math.ceil(length / self.k)
+        x = F.pad(x, (0, 0, 0, self.k * kernel - length))  # zeros complete the last windows
+        x = x.unflatten(-2, (self.k, kernel))  # (..., k, kernel, C)
+        w = self.weight[..., :kernel].to(x.dtype)
+        w = w.view(*w.shape[:-1], 1, kernel, 1)
+        return (x * w).sum(-2) / kernel
+
+    def projected_padding_mask(self, padding_mask: Optional[Tensor], n: int, device: torch.device) -> Optional[Tensor]:
+        """Rows whose whole window lies past the real length L (row j starts at j * ceil(L/k)) hold no position."""
+        lengths = torch.full((1,), n, device=device) if padding_mask is None else (~padding_mask).sum(1)
+        lengths = lengths.unsqueeze(1)
+        kernels = (lengths + self.k - 1) // self.k
+        return torch.arange(self.k, device=device) * kernels >= lengths
+
+
+def build_projection(
+    kind: str, max_positions: int, k: int, num_heads: Optional[int] = None, init: str = "xavier"
+) -> SequenceProjection:
+    """A projection of `kind`; num_heads gives one set of weights per head (learned kinds only)."""
+    if kind == "linear":
+        return LinearProjection(max_positions, k, num_heads, init)
+    if kind == "conv":
+        return ConvProjection(max_positions, k, num_heads)
+    if kind in ("mean_pool", "max_pool"):
+        return PoolProjection(max_positions, k, kind)
+    if kind == "identity":
+        return IdentityProjection(max_positions, max_positions)
+    raise UserError(f"model.projection={kind!r} is not allowed; choose one of: {', '.join(PROJECTIONS)}")

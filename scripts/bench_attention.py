@@ -1,0 +1,255 @@
+"""Benchmark fwd+bwd time and peak memory of Linformer vs SDPA vs naive attention, per module and per encoder layer.
+Like the Linformer paper's Table 3. Run: .venv/bin/python scripts/bench_attention.py [--n 512 1024 --k 64 ...] (--help)
+"""
+import argparse
+import csv
+import json
+import math
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from linformer_pt.modules.attention import AttentionSpec, LinformerSelfAttention, StandardSelfAttention
+from linformer_pt.modules.encoder import EncoderLayer
+
+BATCH, EMBED_DIM, HEADS, FFN_DIM = 1, 256, 4, 1024
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SCOPES = ("attention", "layer")
+MIN_REPS, MAX_REPS = 3, 20
+WARMUP_N = 8
+MIB = 2**20
+RESULT_KEYS = ("time_ms", "memory_mib", "reps", "error")
+CSV_KEYS = ("scope", "n", "variant", "time_ms", "time_ratio", "memory_mib", "memory_ratio", "reps", "error")
+
+
+class NaiveSelfAttention(StandardSelfAttention):
+    """The paper's baseline: softmax(Q K^T / sqrt(dh)) V with the n x n weights materialised, no fused kernel."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        return self.merge_heads(weights @ v)
+
+
+def build_module(scope: str, variant: str, n: int, sharing: str) -> nn.Module:
+    if variant == "sdpa":
+        attention = StandardSelfAttention(embed_dim=EMBED_DIM, num_heads=HEADS, dropout=0.0)
+    elif variant == "naive":
+        attention = NaiveSelfAttention(embed_dim=EMBED_DIM, num_heads=HEADS, dropout=0.0)
+    else:
+        k = int(variant.removeprefix("linformer-k"))
+        spec = AttentionSpec(kind="linformer", sharing=sharing, projection="linear", dropout=0.0)
+        attention = LinformerSelfAttention(EMBED_DIM, HEADS, max_positions=n, k=k, spec=spec)
+    if scope == "attention":
+        return attention
+    return EncoderLayer(attention, EMBED_DIM, FFN_DIM, dropout=0.0, activation_dropout=0.0, normalize_before=False)
+
+
+def peak_mib(device: str) -> float:
+    """The high-water mark so far: the CUDA allocator's peak, or the max RSS (KiB on Linux, bytes on macOS)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / MIB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / MIB if sys.platform == "darwin" else rss / 1024
+
+
+def synchronize(device: str) -> None:
+    # CUDA kernels run asynchronously: without this the clock would stop before the work is done.
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_point(point: Dict) -> Dict:
+    """In the child process: memory of the first fwd+bwd pass, then the median time of further passes."""
+    device, dtype = point["device"], DTYPES[point["dtype"]]
+    if point["threads"]:
+        torch.set_num_threads(point["threads"])
+    torch.manual_seed(0)
+    module = build_module(point["scope"], point["variant"], point["n"], point["sharing"]).to(device, dtype)
+    # A tiny uncounted pass pays the one-time costs (thread pools, kernel set-up, ~8 MiB of RSS on CPU) that would
+    # otherwise land on the measured pass, while leaving the high-water mark far below that of the full-size pass.
+    module(torch.randn(BATCH, WARMUP_N, EMBED_DIM, device=device, dtype=dtype, requires_grad=True)).sum().backward()
+    module.zero_grad(set_to_none=True)
+    x = torch.randn(BATCH, point["n"], EMBED_DIM, device=device, dtype=dtype, requires_grad=True)
+
+    def step() -> None:
+        # Dropping the gradients makes every pass allocate them anew, as the first (measured) one does.
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).sum().backward()
+        synchronize(device)
+
+    if device.startswith("cuda"):
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats()
+    baseline = peak_mib(device)
+    step()
+    memory = peak_mib(device) - baseline
+    times: List[float] = []
+    while len(times) < MAX_REPS and (len(times) < MIN_REPS or sum(times) < point["budget"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"time_ms": 1e3 * statistics.median(times), "memory_mib": memory, "reps": len(times)}
+
+
+def run_point(point: Dict, timeout: float) -> Dict:
+    """Measure one point in a fresh process, so the RSS high-water mark is its own; a failure becomes an error."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--point", json.dumps(point)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:g} s"}
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        # A process killed by the OOM killer leaves no traceback, only the signal.
+        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def make_points(args: argparse.Namespace) -> List[Dict]:
+    # Linformer with k >= n would not shorten the sequence; the paper's Table 3 leaves those cells empty too.
+    common = {"device": args.device, "dtype": args.dtype, "budget": args.reps_budget, "threads": args.threads}
+    common["sharing"] = args.sharing
+    return [
+        {"scope": scope, "n": n, "variant": variant, **common}
+        for n in sorted(args.n)
+        for scope in SCOPES
+        for variant in ["naive", "sdpa"] + [f"linformer-k{k}" for k in sorted(args.k) if k < n]
+    ]
+
+
+def ratio(value: Optional[float], reference: Optional[float]) -> Optional[float]:
+    return value / reference if value is not None and reference else None
+
+
+def add_ratios(rows: List[Dict]) -> None:
+    sdpa = {(r["scope"], r["n"]): r for r in rows if r["variant"] == "sdpa"}
+    for row in rows:
+        reference = sdpa[(row["scope"], row["n"])]
+        row["time_ratio"] = ratio(row["time_ms"], reference["time_ms"])
+        row["memory_ratio"] = ratio(row["memory_mib"], reference["memory_mib"])
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
+def environment(device: str, threads: Optional[int]) -> Dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__}
+    env.update(threads=threads or torch.get_num_threads(), cpu=cpu_model())
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def fmt(value: Optional[float], spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_tables(rows: List[Dict], settings: str) -> None:
+    for scope in SCOPES:
+        print(f"\n### {scope}: fwd+bwd, {settings}\n")
+        print("| n | variant | time ms | time / SDPA | memory MiB | memory / SDPA |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for r in (r for r in rows if r["scope"] == scope):
+            cells = [fmt(r["time_ms"], ".1f"), fmt(r["time_ratio"], ".2f")]
+            cells += [fmt(r["memory_mib"], ".1f"), fmt(r["memory_ratio"], ".2f")]
+            print(f"| {r['n']} | {r['variant']} | " + " | ".join(cells) + " |")
+    for r in (r for r in rows if r["error"]):
+        print(f"missing: {r['scope']} n={r['n']} {r['variant']}: {r['error']}")
+
+
+def write_results(rows: List[Dict], env: Dict, settings: Dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.json", "w") as f:
+        json.dump({"environment": env, "settings": settings, "results": rows}, f, indent=2)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: List[Dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    for scope, row_axes in zip(SCOPES, axes):
+        for ax, (key, label) in zip(row_axes, (("time_ms", "fwd+bwd time (ms)"), ("memory_mib", "peak memory (MiB)"))):
+            for variant in dict.fromkeys(r["variant"] for r in rows):
+                # Missing points and zero memory growth have no place on a log axis.
+                points = [(r["n"], r[key]) for r in rows if r["scope"] == scope and r["variant"] == variant and r[key]]
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=variant)
+            ax.set_xscale("log", base=2)
+            ax.set(yscale="log", xlabel="sequence length n", ylabel=label, title=f"{scope}: {label}")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192], help="sequence lengths")
+    parser.add_argument("--k", type=int, nargs="+", default=[64, 128, 256, 512], help="Linformer projected lengths")
+    parser.add_argument("--sharing", default="headwise", choices=["none", "headwise", "kv", "layerwise"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--reps-budget", type=float, default=2.0, help="seconds of timed passes per point")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per point (default: torch's choice)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point before it counts as missing")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_attention"))
+    parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: measure one point (JSON) in this process
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.point:
+        print(json.dumps(measure_point(json.loads(args.point))))
+        return
+    env = environment(args.device, args.threads)
+    print("environment: " + ", ".join(f"{key} {value}" for key, value in env.items()))
+    rows = []
+    progress = tqdm(make_points(args), unit="point")
+    for point in progress:
+        progress.set_postfix_str(f"{point['scope']} n={point['n']} {point['variant']}")
+        rows.append({**point, **dict.fromkeys(RESULT_KEYS), **run_point(point, args.timeout)})
+    add_ratios(rows)
+    settings = {"batch": BATCH, "embed_dim": EMBED_DIM, "heads": HEADS, "ffn_dim": FFN_DIM, "dropout": 0.0}
+    settings.update(device=args.device, dtype=args.dtype, sharing=args.sharing)
+    print_tables(rows, ", ".join(f"{key}={value}" for key, value in settings.items()))
+    write_results(rows, env, settings, args.out)
+    plot(rows, args.out / "plot.png")
+    print(f"results: {args.out / 'results.json'}, {args.out / 'results.csv'}")
+
+
+if __name__ == "__main__":
+    main()
