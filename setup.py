@@ -35,7 +35,8 @@ setup(
     ],
     extras_require={
         "wandb": ["wandb>=0.16"],
-        "dev": ["pytest>=7.4"],
+        "plot": ["matplotlib>=3.7"],
+        "dev": ["pytest>=7.4", "matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [

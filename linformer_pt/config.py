@@ -74,18 +74,37 @@ class OptimizationConfig:
     update_freq: int = 1  # micro-batches accumulated per update
     clip_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
     validate_interval_updates: int = 100  # 0: validate only at the end
+    stop_time_hours: float = 0.0  # wall-clock budget; 0: none
 
     def __post_init__(self) -> None:
         check(self.max_update > 0, f"optimization.max_update={self.max_update} must be > 0")
+        check(self.stop_time_hours >= 0, f"optimization.stop_time_hours={self.stop_time_hours} must be >= 0")
         check(self.max_epoch >= 0, f"optimization.max_epoch={self.max_epoch} must be >= 0")
         check(self.update_freq >= 1, f"optimization.update_freq={self.update_freq} must be >= 1")
         check(self.clip_norm >= 0, f"optimization.clip_norm={self.clip_norm} must be >= 0")
 
 
 @dataclass
+class TrainerConfig:
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds dynamic loss scaling)
+    fp16_init_scale: float = 128.0
+    fp16_scale_window: int = 256  # clean updates before the loss scale doubles
+    fp16_min_scale: float = 1e-4  # below this the run stops: it keeps overflowing
+    compile: bool = False  # torch.compile the model (opt-in: first steps are slow)
+    peak_tflops: float = 0.0  # the device's peak, for MFU in the logs; 0: known GPUs are looked up, else no MFU
+
+    def __post_init__(self) -> None:
+        check_choice("trainer.precision", self.precision, ["fp32", "bf16", "fp16"])
+        check(self.fp16_init_scale > 0, f"trainer.fp16_init_scale={self.fp16_init_scale} must be > 0")
+        check(self.fp16_scale_window > 0, f"trainer.fp16_scale_window={self.fp16_scale_window} must be > 0")
+        check(self.peak_tflops >= 0, f"trainer.peak_tflops={self.peak_tflops} must be >= 0")
+
+
+@dataclass
 class CheckpointConfig:
     save_dir: str = "checkpoints"  # relative to the run's output folder
     save_interval_updates: int = 0  # 0: save only at the end
+    init_from: Optional[str] = None  # start from these weights (resized if model.max_positions differs)
 
 
 @dataclass
@@ -93,6 +112,8 @@ class LoggingConfig:
     log_interval: int = 10  # updates between JSONL train records
     progress_bar: bool = True
     tensorboard: bool = True  # scalars under <output>/tensorboard
+    wandb: bool = False  # needs `pip install wandb`; WANDB_MODE=offline works without a network
+    wandb_project: str = "linformer-pt"
 
 
 @dataclass
@@ -105,6 +126,7 @@ class TrainConfig:
     optim: Any = MISSING
     lr_scheduler: Any = MISSING
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -122,6 +144,7 @@ def load_config(cfg: DictConfig) -> TrainConfig:
         "dataset": DatasetConfig,
         "tokenizer": TokenizerConfig,
         "optimization": OptimizationConfig,
+        "trainer": TrainerConfig,
         "checkpoint": CheckpointConfig,
         "logging": LoggingConfig,
     }

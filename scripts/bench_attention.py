@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,13 +71,11 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_point(point: Dict) -> Dict:
-    """In the child process: memory of the first fwd+bwd pass, then the median time of further passes."""
+def setup(point: Dict, variant: str) -> Tuple[nn.Module, Callable[[], None]]:
+    """Build one variant on the point's device and a closure running one full fwd+bwd pass."""
     device, dtype = point["device"], DTYPES[point["dtype"]]
-    if point["threads"]:
-        torch.set_num_threads(point["threads"])
     torch.manual_seed(0)
-    module = build_module(point["scope"], point["variant"], point["n"], point["sharing"]).to(device, dtype)
+    module = build_module(point["scope"], variant, point["n"], point["sharing"]).to(device, dtype)
     # A tiny uncounted pass pays the one-time costs (thread pools, kernel set-up, ~8 MiB of RSS on CPU) that would
     # otherwise land on the measured pass, while leaving the high-water mark far below that of the full-size pass.
     module(torch.randn(BATCH, WARMUP_N, EMBED_DIM, device=device, dtype=dtype, requires_grad=True)).sum().backward()
@@ -91,18 +89,38 @@ def measure_point(point: Dict) -> Dict:
         module(x).sum().backward()
         synchronize(device)
 
-    if device.startswith("cuda"):
-        synchronize(device)
+    return module, step
+
+
+def measure_memory(point: Dict) -> Dict:
+    """In a child process of its own: peak memory growth of the first full-size fwd+bwd pass of one variant."""
+    _, step = setup(point, point["variant"])
+    if point["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    baseline = peak_mib(device)
+    baseline = peak_mib(point["device"])
     step()
-    memory = peak_mib(device) - baseline
-    times: List[float] = []
-    while len(times) < MAX_REPS and (len(times) < MIN_REPS or sum(times) < point["budget"]):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"time_ms": 1e3 * statistics.median(times), "memory_mib": memory, "reps": len(times)}
+    return {"memory_mib": peak_mib(point["device"]) - baseline}
+
+
+def measure_times(point: Dict) -> Dict:
+    """In one child process: median fwd+bwd time of every variant at one (scope, n), timed in alternating rounds.
+
+    Interleaving puts the machine's slow and fast moments on all variants alike, which keeps the ratios stable.
+    """
+    steps = {variant: setup(point, variant)[1] for variant in point["variants"]}
+    for step in steps.values():
+        step()  # the first full-size pass allocates; it is not timed
+    times: Dict[str, List[float]] = {variant: [] for variant in steps}
+    while True:
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[variant].append(time.perf_counter() - start)
+        reps = len(times[point["variants"][0]])
+        spent = sum(sum(t) for t in times.values())
+        if reps >= MAX_REPS or (reps >= MIN_REPS and spent >= point["budget"] * len(steps)):
+            break
+    return {v: {"time_ms": 1e3 * statistics.median(t), "reps": len(t)} for v, t in times.items()}
 
 
 def run_point(point: Dict, timeout: float) -> Dict:
@@ -119,16 +137,40 @@ def run_point(point: Dict, timeout: float) -> Dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def make_points(args: argparse.Namespace) -> List[Dict]:
+def variants_at(n: int, ks: List[int]) -> List[str]:
     # Linformer with k >= n would not shorten the sequence; the paper's Table 3 leaves those cells empty too.
+    return ["naive", "sdpa"] + [f"linformer-k{k}" for k in sorted(ks) if k < n]
+
+
+def make_points(args: argparse.Namespace) -> List[Dict]:
+    """Time groups (all variants of one scope and n) followed by their memory points (one per variant)."""
     common = {"device": args.device, "dtype": args.dtype, "budget": args.reps_budget, "threads": args.threads}
     common["sharing"] = args.sharing
-    return [
-        {"scope": scope, "n": n, "variant": variant, **common}
-        for n in sorted(args.n)
-        for scope in SCOPES
-        for variant in ["naive", "sdpa"] + [f"linformer-k{k}" for k in sorted(args.k) if k < n]
-    ]
+    points = []
+    for n in sorted(args.n):
+        for scope in SCOPES:
+            variants = variants_at(n, args.k)
+            points.append({"kind": "time", "scope": scope, "n": n, "variants": variants, **common})
+            points += [{"kind": "memory", "scope": scope, "n": n, "variant": v, **common} for v in variants]
+    return points
+
+
+def collect(points: List[Dict], timeout: float) -> List[Dict]:
+    """Run every point in its own process and merge time and memory into one row per (scope, n, variant)."""
+    rows: Dict[Tuple, Dict] = {}
+    progress = tqdm(points, unit="point")
+    for point in progress:
+        label = point.get("variant", "all variants")
+        progress.set_postfix_str(f"{point['kind']} {point['scope']} n={point['n']} {label}")
+        result = run_point(point, timeout)
+        for variant in point.get("variants", [point.get("variant")]):
+            key = (point["scope"], point["n"], variant)
+            row = rows.setdefault(key, {"scope": key[0], "n": key[1], "variant": variant, **dict.fromkeys(RESULT_KEYS)})
+            if "error" in result:
+                row["error"] = f"{point['kind']}: {result['error']}"
+            else:
+                row.update(result.get(variant, result))
+    return list(rows.values())
 
 
 def ratio(value: Optional[float], reference: Optional[float]) -> Optional[float]:
@@ -233,15 +275,14 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.point:
-        print(json.dumps(measure_point(json.loads(args.point))))
+        point = json.loads(args.point)
+        if point["threads"]:
+            torch.set_num_threads(point["threads"])
+        print(json.dumps(measure_times(point) if point["kind"] == "time" else measure_memory(point)))
         return
     env = environment(args.device, args.threads)
     print("environment: " + ", ".join(f"{key} {value}" for key, value in env.items()))
-    rows = []
-    progress = tqdm(make_points(args), unit="point")
-    for point in progress:
-        progress.set_postfix_str(f"{point['scope']} n={point['n']} {point['variant']}")
-        rows.append({**point, **dict.fromkeys(RESULT_KEYS), **run_point(point, args.timeout)})
+    rows = collect(make_points(args), args.timeout)
     add_ratios(rows)
     settings = {"batch": BATCH, "embed_dim": EMBED_DIM, "heads": HEADS, "ffn_dim": FFN_DIM, "dropout": 0.0}
     settings.update(device=args.device, dtype=args.dtype, sharing=args.sharing)

@@ -2,6 +2,7 @@
 
 Bad input (a UserError) is printed as one line on stderr with exit status 2; outputs already on disk stay.
 """
+import os
 import re
 import sys
 from importlib import resources
@@ -16,10 +17,12 @@ from omegaconf import DictConfig
 import linformer_pt.models  # noqa: F401  (registers models)
 import linformer_pt.tasks  # noqa: F401  (registers tasks)
 import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
-from linformer_pt.config import load_config
+from linformer_pt.config import TrainConfig, load_config
 from linformer_pt.errors import UserError
+from linformer_pt.models.loading import load_weights, read_checkpoint
 from linformer_pt.registry import MODELS, TASKS
-from linformer_pt.training.trainer import Trainer
+from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
+from linformer_pt.training.trainer import Trainer, resolve_device
 
 
 def run(cfg: DictConfig, output_dir: Path) -> Dict[str, Any]:
@@ -27,16 +30,35 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, Any]:
     config = load_config(cfg)
     if config.common.threads:
         torch.set_num_threads(config.common.threads)
-    torch.manual_seed(config.common.seed)  # model initialisation
+    dist = init_distributed(resolve_device(config.common.device))
+    try:
+        return train(config, output_dir, dist)
+    finally:
+        shutdown()
+
+
+def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[str, Any]:
+    """Set up the task (rank 0 first, so caches are built once), build the model and fit it."""
+    torch.manual_seed(config.common.seed)  # model initialisation: the same on every process
+    if not dist.is_main:
+        barrier()  # let rank 0 build the corpus, tokenizer and token caches first
     task = TASKS.get(config.task.name).cls.setup(config)
+    if dist.is_main:
+        barrier()
     task.check_model(config.model)
+    say = print if dist.is_main else (lambda *args, **kwargs: None)
     model = MODELS.get(config.model.name).cls.build(config.model, task)
-    print(f"output folder: {output_dir}", flush=True)
+    if config.checkpoint.init_from:
+        load_weights(model, read_checkpoint(config.checkpoint.init_from))
+        say(f"initialised from {config.checkpoint.init_from}", flush=True)
+    say(f"output folder: {output_dir}", flush=True)
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: {config.model.name}, {params / 1e6:.2f}M parameters; vocabulary {task.vocab_size}", flush=True)
-    summary = Trainer(config, task, model, output_dir).fit()
+    say(f"model: {config.model.name}, {params / 1e6:.2f}M parameters; vocabulary {task.vocab_size}", flush=True)
+    if dist.enabled:
+        say(f"distributed: {dist.world_size} processes", flush=True)
+    summary = Trainer(config, task, model, output_dir, dist).fit()
     first, final = summary["first_valid"], summary["final_valid"]
-    print(
+    say(
         f"done: {summary['updates']} updates; valid loss {first['loss']:.3f} -> {final['loss']:.3f} "
         f"(ppl {first['ppl']:.1f} -> {final['ppl']:.1f})\n"
         f"checkpoint: {summary['checkpoint']}\nmetrics: {summary['metrics']}\noutput folder: {output_dir}",
@@ -49,7 +71,7 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, Any]:
 def hydra_main(cfg: DictConfig) -> float:
     try:
         summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except UserError as err:
+    except (UserError, FloatingPointError) as err:  # bad input, or a diverged run: one line, no traceback
         print(f"linformer-train: error: {err}", file=sys.stderr)
         sys.exit(2)
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise
@@ -72,12 +94,27 @@ def unknown_group_option(argv: List[str]) -> str:
     return ""
 
 
+def torchrun_overrides(argv: List[str]) -> List[str]:
+    """Under torchrun all processes must share one output folder, and only rank 0 writes Hydra's files there."""
+    info = world_from_env()
+    if not info.enabled:
+        return []
+    extra = []
+    if not any(arg.startswith("hydra.run.dir=") for arg in argv):
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+        extra.append(f"hydra.run.dir=outputs/torchrun/{run_id}")
+    if not info.is_main:
+        extra.append("hydra.output_subdir=null")
+    return extra
+
+
 def main() -> None:
     # Hydra reports a missing group option over a dozen lines; say it in one, as for every other bad value.
     error = unknown_group_option(sys.argv[1:])
     if error:
         print(f"linformer-train: error: {error}", file=sys.stderr)
         sys.exit(2)
+    sys.argv += torchrun_overrides(sys.argv[1:])
     hydra_main()
 
 

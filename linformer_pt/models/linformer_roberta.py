@@ -37,6 +37,7 @@ class LinformerRobertaConfig:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
     normalize_before: bool = False  # False: post-LN as in RoBERTa
+    checkpoint_activations: bool = False  # recompute each layer in backward instead of storing its activations
 
     def __post_init__(self) -> None:
         for key in ("layers", "embed_dim", "ffn_embed_dim", "heads", "max_positions"):
@@ -98,6 +99,7 @@ class LinformerRoberta(nn.Module):
         self.encoder = Encoder(
             cfg.layers, d, cfg.ffn_embed_dim, cfg.heads, cfg.max_positions, cfg.layer_ks(), cfg.attention_spec(),
             cfg.dropout, cfg.activation_dropout, cfg.normalize_before, cfg.freeze_projections,
+            cfg.checkpoint_activations,
         )  # fmt: skip
         self.lm_dense = nn.Linear(d, d)
         self.lm_layer_norm = nn.LayerNorm(d)
@@ -128,6 +130,10 @@ class LinformerRoberta(nn.Module):
         x = self.lm_layer_norm(F.gelu(self.lm_dense(features)))
         return F.linear(x, self.embed_tokens.weight, self.lm_bias)
 
+    def forward_flops(self, n: int, masked: float) -> float:
+        """Matmul FLOPs of one forward pass over n tokens with `masked` LM-head positions."""
+        return forward_flops(self.cfg, self.embed_tokens.num_embeddings, n, masked)
+
     def forward(
         self, tokens: Tensor, padding_mask: Optional[Tensor] = None, masked_positions: Optional[Tensor] = None
     ) -> Tensor:
@@ -151,3 +157,25 @@ def _init_bert_params(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if module.padding_idx is not None:
             module.weight.data[module.padding_idx].zero_()
+
+
+def forward_flops(cfg: LinformerRobertaConfig, vocab_size: int, n: int, masked: float) -> float:
+    """Matmul FLOPs of one forward pass over a sequence of n tokens with `masked` LM-head positions.
+
+    Counts what this implementation computes: Linformer's projections and n x k attention, the K/V maps on k rows
+    where the sequence is projected first, and the LM head at masked positions only. Training is about 3x this.
+    """
+    d, f = cfg.embed_dim, cfg.ffn_embed_dim
+    total = 2.0 * masked * (d * d + d * vocab_size)
+    for k in cfg.layer_ks():
+        total += 4.0 * n * d * d + 4.0 * n * d * f  # Q and output maps, feed-forward
+        if cfg.attention == "standard" or cfg.projection == "identity":
+            total += 4.0 * n * d * d + 4.0 * n * n * d
+            continue
+        total += 4.0 * n * k * d  # softmax(Q K'^T) V' over k rows
+        project = 2.0 * k * n * d if cfg.projection == "linear" else 2.0 * n * d  # E X, or a window sum
+        if cfg.sharing == "none" or cfg.projection == "max_pool":
+            total += 4.0 * n * d * d + 2 * project  # K/V maps on all n rows, then E and F
+        else:
+            total += 4.0 * k * d * d + project * (1 if cfg.sharing in ("kv", "layerwise") else 2)
+    return total

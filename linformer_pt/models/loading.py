@@ -1,19 +1,45 @@
-"""Rebuild a trained model from a checkpoint file: the config and vocabulary travel inside it."""
+"""Rebuild a trained model from a checkpoint file (config and vocabulary travel inside it), or load its weights
+into a new model, resizing positions and Linformer projections when max_positions differs."""
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Union
+from typing import Any, Dict, Optional, Union
 
 from torch import nn
 
+from linformer_pt.errors import UserError
+from linformer_pt.models.resize import resize_for
 from linformer_pt.registry import MODELS
 from linformer_pt.training.checkpoint import load_checkpoint
 
 
-def load_model(path: Union[str, Path]) -> nn.Module:
-    """The model saved in checkpoint `path`, with its weights, in eval mode on the CPU."""
-    state = load_checkpoint(path)
-    model_cfg = MODELS.config(state["cfg"]["model"])
-    args = state["model_args"]
-    model = MODELS.get(model_cfg.name).cls.build(model_cfg, SimpleNamespace(**args))
-    model.load_state_dict(state["model"])
+def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """load_checkpoint with a one-line error for a missing or unreadable file."""
+    if not Path(path).is_file():
+        raise UserError(f"no such checkpoint file: {path}")
+    try:
+        return load_checkpoint(path)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise UserError(f"{path} is not a linformer-pt checkpoint ({type(err).__name__}: {err})") from None
+
+
+def load_weights(model: nn.Module, checkpoint: Dict[str, Any]) -> None:
+    """Copy a checkpoint's weights into `model`, resizing them to its max_positions (models/resize.py)."""
+    projection = checkpoint["cfg"]["model"].get("projection", "linear")
+    state = resize_for(checkpoint["model"], model.state_dict(), projection)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        details = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())
+        raise UserError(f"checkpoint weights do not fit the model: {details}") from None
+
+
+def load_model(path: Union[str, Path], max_positions: Optional[int] = None) -> nn.Module:
+    """The model saved in checkpoint `path` in eval mode on the CPU, optionally resized to max_positions."""
+    checkpoint = read_checkpoint(path)
+    model_cfg = MODELS.config(checkpoint["cfg"]["model"])
+    if max_positions is not None:
+        model_cfg = dataclasses.replace(model_cfg, max_positions=max_positions)
+    model = MODELS.get(model_cfg.name).cls.build(model_cfg, SimpleNamespace(**checkpoint["model_args"]))
+    load_weights(model, checkpoint)
     return model.eval()

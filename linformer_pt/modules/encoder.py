@@ -4,8 +4,10 @@ The Encoder owns the one projection that `layerwise` sharing uses in every layer
 """
 from typing import Callable, List, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from linformer_pt.modules.attention import AttentionSpec, build_attention
 from linformer_pt.modules.projections import SequenceProjection, build_projection
@@ -63,6 +65,7 @@ class Encoder(nn.Module):
         activation_dropout: float = 0.0,
         normalize_before: bool = False,
         freeze_projections: bool = False,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
         if len(ks) != layers:
@@ -81,6 +84,7 @@ class Encoder(nn.Module):
             for k in ks
         )
         self.final_layer_norm = nn.LayerNorm(embed_dim) if normalize_before else None
+        self.checkpoint_activations = checkpoint_activations
         if freeze_projections:
             for module in self.modules():
                 if isinstance(module, SequenceProjection):
@@ -88,5 +92,9 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         for layer in self.layers:
-            x = layer(x, padding_mask, self.shared_projection)
+            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                # Keeps only each layer's input; backward reruns the layer (with the same dropout masks).
+                x = checkpoint(layer, x, padding_mask, self.shared_projection, use_reentrant=False)
+            else:
+                x = layer(x, padding_mask, self.shared_projection)
         return x if self.final_layer_norm is None else self.final_layer_norm(x)

@@ -121,12 +121,12 @@ class MaskedLMTask:
             self.vocab_size, self.cfg.common.seed,
         )  # fmt: skip
 
-    def batch_iterator(self, split: str) -> EpochBatchIterator:
-        """Shuffled batches for train, a fixed order (and fixed masks, epoch 0) for validation."""
-        train = split == "train"
+    def batch_iterator(self, split: str, rank: int = 0, world_size: int = 1) -> EpochBatchIterator:
+        """Shuffled batches for train, a fixed order for validation; this process's share under DDP."""
         return EpochBatchIterator(
             self.dataset(split), self.cfg.dataset.batch_size, partial(collate, pad_id=self.pad_id),
-            self.cfg.common.seed, shuffle=train, num_workers=self.cfg.dataset.num_workers,
+            self.cfg.common.seed, shuffle=split == "train", num_workers=self.cfg.dataset.num_workers,
+            rank=rank, world_size=world_size,
         )  # fmt: skip
 
     def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:

@@ -13,6 +13,7 @@ import torch
 import linformer_pt
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"  # lowest validation loss so far
 
 
 def git_revision() -> Optional[str]:

@@ -1,33 +1,83 @@
-"""Metric sinks: a JSONL file (one record per line, flushed at once) and TensorBoard scalars."""
+"""Metric sinks: a JSONL file (one record per line, flushed at once), TensorBoard scalars and wandb.
+
+Only the main process logs; the others get a disabled logger. Also: the peak FLOP/s used for MFU.
+"""
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import torch
+
+from linformer_pt.errors import UserError
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s), by device name: what MFU is measured against.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "V100": 125.0}
+
+
+def peak_tflops(device: torch.device) -> float:
+    """The device's peak for MFU, or 0 when unknown (CPUs: set trainer.peak_tflops to get MFU)."""
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in GPU_PEAK_TFLOPS.items() if key in name), 0.0)
+
 
 class MetricsLogger:
-    """Write each record to metrics.jsonl and, when enabled, numeric fields to TensorBoard."""
+    """Write each record to metrics.jsonl and, when enabled, to TensorBoard and wandb."""
 
-    def __init__(self, output_dir: Path, tensorboard: bool = False) -> None:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, output_dir: Path, cfg: Any, enabled: bool = True) -> None:
         self.path = output_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self._file = self._tb = self._wandb = None
+        if not enabled:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tb: Optional[Any] = None
-        if tensorboard:
+        if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: it takes a second
 
             self._tb = SummaryWriter(str(output_dir / "tensorboard"))
+        if cfg.logging.wandb:
+            self._wandb = start_wandb(output_dir, cfg)
 
     def log(self, record: Dict[str, Any]) -> None:
         """Append `record` (it must have 'split' and 'update') to the log."""
+        if not self.enabled:
+            return
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
+        scalars = {
+            f"{record['split']}/{key}": value
+            for key, value in record.items()
+            if isinstance(value, (int, float)) and key not in ("update", "epoch") and math.isfinite(value)
+        }
         if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("update", "epoch") and math.isfinite(value):
-                    self._tb.add_scalar(f"{record['split']}/{key}", value, record["update"])
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, record["update"])
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=record["update"])
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def start_wandb(output_dir: Path, cfg: Any) -> Optional[Any]:
+    """A wandb run whose id is kept in the output folder, so a resumed run continues the same curve."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("logging.wandb=true needs wandb: pip install 'linformer-pt[wandb]'") from None
+    id_file = output_dir / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    return wandb.init(
+        project=cfg.logging.wandb_project, id=run_id, resume="allow", dir=str(output_dir),
+        name=output_dir.name, config=asdict(cfg),
+    )  # fmt: skip

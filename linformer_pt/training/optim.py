@@ -1,61 +1,109 @@
-"""Optimizers and learning-rate schedules, registered by name (`optim=adamw`, `lr_scheduler=polynomial_decay`)."""
+"""Optimizers and learning-rate schedules, registered by name (`optim=adamw`, `lr_scheduler=cosine`, ...).
+
+NVIDIA apex's FusedAdam and FusedLAMB are used when the real `apex.optimizers` is importable (never required;
+PyPI's unrelated `apex` package does not provide it).
+"""
+import math
 from dataclasses import dataclass, field
-from typing import List
+from typing import Callable, List
 
 import torch
 from torch import nn
 
 from linformer_pt.config import check
+from linformer_pt.errors import UserError
 from linformer_pt.registry import LR_SCHEDULERS, OPTIMIZERS, register_lr_scheduler, register_optimizer
 
 
 @dataclass
-class AdamWConfig:
+class AdamConfig:
     name: str = "adamw"
     lr: float = 5e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     weight_decay: float = 0.01
-    fused: bool = False
+    decay_embeddings: bool = True  # apply weight decay to embedding matrices (biases and norms never decay)
+    fused: bool = False  # torch's fused AdamW kernel (CPU and CUDA)
 
     def __post_init__(self) -> None:
         check(self.lr > 0, f"optim.lr={self.lr} must be > 0")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas={self.betas} must be two values in [0, 1)")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"optim.betas={self.betas} must be two values in [0, 1)",
+        )
         check(self.eps > 0, f"optim.eps={self.eps} must be > 0")
         check(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay} must be >= 0")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    """Decay matrices only: biases and LayerNorm gains (1-D parameters) are excluded, as in BERT."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = True) -> List[dict]:
+    """Decay matrices only: biases and LayerNorm gains (1-D) never, embeddings as configured."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or (not decay_embeddings and id(p) in embeddings)
+        (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-@register_optimizer("adamw", AdamWConfig)
-def build_adamw(cfg: AdamWConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _groups(cfg: AdamConfig, model: nn.Module) -> List[dict]:
+    return param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+
+
+@register_optimizer("adamw", AdamConfig)
+def build_adamw(cfg: AdamConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused or None
+        _groups(cfg, model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused or None
     )
 
 
+def apex_optimizers():
+    """NVIDIA apex's optimizers module, or a UserError saying how to get it."""
+    try:
+        from apex import optimizers  # type: ignore[import-not-found]
+    except ImportError:
+        optimizers = None
+    if optimizers is None or not hasattr(optimizers, "FusedAdam"):
+        raise UserError(
+            "this optimizer needs NVIDIA apex (github.com/NVIDIA/apex, built with --cuda_ext); "
+            "PyPI's 'apex' is an unrelated package. Use optim=adamw (optim.fused=true) instead"
+        )
+    return optimizers
+
+
+@register_optimizer("fused_adam", AdamConfig)
+def build_fused_adam(cfg: AdamConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return apex_optimizers().FusedAdam(
+        _groups(cfg, model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, adam_w_mode=True
+    )
+
+
+@register_optimizer("lamb", AdamConfig)
+def build_lamb(cfg: AdamConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return apex_optimizers().FusedLAMB(_groups(cfg, model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+# ---- learning-rate schedules ------------------------------------------------------------------------------
 @dataclass
-class PolynomialDecayConfig:
+class ScheduleConfig:
     name: str = "polynomial_decay"
-    warmup_updates: int = 0
+    warmup_updates: int = 0  # linear warmup from ~0 to optim.lr
     total_num_update: int = 0  # 0: optimization.max_update
-    end_learning_rate: float = 0.0
-    power: float = 1.0
+    end_learning_rate: float = 0.0  # polynomial_decay / linear: final lr; cosine: minimum lr
+    power: float = 1.0  # polynomial_decay only
 
     def __post_init__(self) -> None:
         check(self.warmup_updates >= 0, f"lr_scheduler.warmup_updates={self.warmup_updates} must be >= 0")
         check(self.total_num_update >= 0, f"lr_scheduler.total_num_update={self.total_num_update} must be >= 0")
+        check(self.end_learning_rate >= 0, f"lr_scheduler.end_learning_rate={self.end_learning_rate} must be >= 0")
+        check(self.power > 0, f"lr_scheduler.power={self.power} must be > 0")
 
 
-class PolynomialDecay:
-    """RoBERTa's schedule: linear warmup to lr, then (lr - end) * (1 - progress)^power + end."""
+class Schedule:
+    """Sets the optimizer's learning rates for each update: warmup, then `decay(progress, base_lr)`."""
 
-    def __init__(self, cfg: PolynomialDecayConfig, optimizer: torch.optim.Optimizer, max_update: int) -> None:
+    def __init__(self, cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, max_update: int) -> None:
         self.cfg, self.optimizer = cfg, optimizer
         self.total = cfg.total_num_update or max_update
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -63,13 +111,18 @@ class PolynomialDecay:
 
     def lr_at(self, update: int, base_lr: float) -> float:
         """Learning rate for the update numbered `update` (0-based)."""
-        warmup, end = self.cfg.warmup_updates, self.cfg.end_learning_rate
+        warmup = self.cfg.warmup_updates
         if update < warmup:
             return base_lr * (update + 1) / (warmup + 1)
-        if update >= self.total:
-            return end
-        remaining = 1.0 - (update - warmup) / max(1, self.total - warmup)
-        return (base_lr - end) * remaining**self.cfg.power + end
+        return self.after_warmup(update, base_lr)
+
+    def after_warmup(self, update: int, base_lr: float) -> float:
+        raise NotImplementedError
+
+    def progress(self, update: int) -> float:
+        """Fraction of the post-warmup updates done, in [0, 1]."""
+        warmup = self.cfg.warmup_updates
+        return min(1.0, (update - warmup) / max(1, self.total - warmup))
 
     def step(self, update: int) -> None:
         """Set the optimizer's learning rates for update number `update`."""
@@ -83,7 +136,52 @@ class PolynomialDecay:
         self.base_lrs = state["base_lrs"]
 
 
-register_lr_scheduler("polynomial_decay", PolynomialDecayConfig)(PolynomialDecay)
+def schedule(name: str) -> Callable[[type], type]:
+    return register_lr_scheduler(name, ScheduleConfig)
+
+
+@schedule("polynomial_decay")
+class PolynomialDecay(Schedule):
+    """RoBERTa's: (lr - end) * (1 - progress)^power + end."""
+
+    def after_warmup(self, update: int, base_lr: float) -> float:
+        end = self.cfg.end_learning_rate
+        return (base_lr - end) * (1.0 - self.progress(update)) ** self.cfg.power + end
+
+
+@schedule("linear")
+class LinearDecay(Schedule):
+    """lr falls linearly to end_learning_rate at total_num_update (polynomial decay of power 1)."""
+
+    def after_warmup(self, update: int, base_lr: float) -> float:
+        end = self.cfg.end_learning_rate
+        return (base_lr - end) * (1.0 - self.progress(update)) + end
+
+
+@schedule("cosine")
+class CosineDecay(Schedule):
+    """Half a cosine from lr to end_learning_rate over the post-warmup updates."""
+
+    def after_warmup(self, update: int, base_lr: float) -> float:
+        end = self.cfg.end_learning_rate
+        return end + 0.5 * (base_lr - end) * (1.0 + math.cos(math.pi * self.progress(update)))
+
+
+@schedule("inverse_sqrt")
+class InverseSqrt(Schedule):
+    """lr * sqrt(warmup / update) after warmup (the Transformer's schedule; needs warmup_updates > 0)."""
+
+    def after_warmup(self, update: int, base_lr: float) -> float:
+        warmup = max(1, self.cfg.warmup_updates)
+        return base_lr * math.sqrt(warmup / (update + 1))
+
+
+@schedule("constant")
+class Constant(Schedule):
+    """lr after warmup."""
+
+    def after_warmup(self, update: int, base_lr: float) -> float:
+        return base_lr
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -91,7 +189,6 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(cfg.name).cls(cfg, model)
 
 
-def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer, max_update: int):
+def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer, max_update: int) -> Schedule:
     """The LR schedule named by cfg.name; call .step(update) before each update."""
     return LR_SCHEDULERS.get(cfg.name).cls(cfg, optimizer, max_update)
-

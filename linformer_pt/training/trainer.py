@@ -1,8 +1,9 @@
-"""The training loop: accumulation, clipping, LR schedule, validation, checkpoints, logging.
+"""The training loop: mixed precision, accumulation, clipping, LR schedule, DDP, validation, checkpoints, logs.
 
-Every update is a pure function of (seed, update, data position): dropout is reseeded per update and batches
-are rebuilt from (seed, epoch, index), which is what makes a resumed run match an uninterrupted one.
+Every update is a pure function of (seed, update, data position): dropout is reseeded per update and batches are
+rebuilt from (seed, epoch, index), which is what makes a resumed run match an uninterrupted one.
 """
+import contextlib
 import math
 import time
 from dataclasses import asdict
@@ -14,9 +15,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from linformer_pt.config import TrainConfig
-from linformer_pt.training.checkpoint import CHECKPOINT_LAST, provenance, rng_states, save_checkpoint
-from linformer_pt.training.logging import MetricsLogger
+from linformer_pt.training.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, provenance, rng_states, save_checkpoint
+from linformer_pt.training.distributed import DistributedInfo, all_reduce_sum, local_device, wrap_model
+from linformer_pt.training.logging import MetricsLogger, peak_tflops
 from linformer_pt.training.optim import build_lr_scheduler, build_optimizer
+from linformer_pt.training.precision import Precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,82 +32,125 @@ def resolve_device(name: str) -> torch.device:
 class Window:
     """Sums of training statistics since the last log record."""
 
+    KEYS = ("loss_sum", "masked", "tokens", "flops")
+
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.loss_sum = self.masked = self.tokens = self.gnorm_sum = 0.0
-        self.updates = 0
+        self.sums = dict.fromkeys(self.KEYS, 0.0)
+        self.gnorm_sum, self.updates = 0.0, 0
 
     def add(self, stats: Dict[str, float]) -> None:
-        self.loss_sum += stats["loss_sum"]
-        self.masked += stats["masked"]
-        self.tokens += stats["tokens"]
+        for key in self.KEYS:
+            self.sums[key] += stats[key]
         self.gnorm_sum += stats["gnorm"]
         self.updates += 1
 
-    def summary(self) -> Dict[str, float]:
+    def summary(self, peak: float) -> Dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        loss = self.loss_sum / max(self.masked, 1)
-        return {
-            "loss": loss,
-            "ppl": math.exp(min(loss, 50.0)),
-            "gnorm": self.gnorm_sum / max(self.updates, 1),
-            "tokens_per_s": self.tokens / elapsed,
-        }
+        loss = self.sums["loss_sum"] / max(self.sums["masked"], 1)
+        tflops = self.sums["flops"] / elapsed / 1e12
+        out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "gnorm": self.gnorm_sum / max(self.updates, 1),
+               "tokens_per_s": self.sums["tokens"] / elapsed, "tflops": tflops}  # fmt: skip
+        if peak:
+            out["mfu"] = tflops / peak
+        return out
 
 
 class Trainer:
-    """Fits `model` on `task` as configured by `cfg`, writing logs and checkpoints under `output_dir`."""
+    """Fits `model` on `task` as configured by `cfg`, writing logs and checkpoints under `output_dir` (rank 0)."""
 
-    def __init__(self, cfg: TrainConfig, task: Any, model: nn.Module, output_dir: Path) -> None:
-        self.cfg, self.task, self.output_dir = cfg, task, Path(output_dir)
-        self.device = resolve_device(cfg.common.device)
+    def __init__(
+        self, cfg: TrainConfig, task: Any, model: nn.Module, output_dir: Path, dist: DistributedInfo = DistributedInfo()
+    ) -> None:
+        self.cfg, self.task, self.output_dir, self.dist = cfg, task, Path(output_dir), dist
+        self.device = local_device(resolve_device(cfg.common.device), dist)
         self.model = model.to(self.device)
+        self.wrapped = wrap_model(self.model, dist)
+        if cfg.trainer.compile:
+            self.wrapped = torch.compile(self.wrapped)
+        t = cfg.trainer
+        self.precision = Precision(t.precision, self.device, t.fp16_init_scale, t.fp16_scale_window, t.fp16_min_scale)
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.lr_scheduler = build_lr_scheduler(cfg.lr_scheduler, self.optimizer, cfg.optimization.max_update)
-        self.train_iterator = task.batch_iterator("train")
-        self.valid_iterator = task.batch_iterator("valid")
+        self.train_iterator = task.batch_iterator("train", dist.rank, dist.world_size)
+        self.valid_iterator = task.batch_iterator("valid", dist.rank, dist.world_size)
         self.update = 0
+        self.overflows = 0
         self.best_valid_loss = math.inf
         self.last_valid: Dict[str, float] = {}
         self.start_time = time.perf_counter()
+        self.peak_tflops = t.peak_tflops or peak_tflops(self.device)
 
     # ---- one update -------------------------------------------------------------------------------------
     def _to_device(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _no_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        # Gradients are averaged across processes once per update, on the last micro-batch only.
+        if last_micro_batch or not hasattr(self.wrapped, "no_sync"):
+            return contextlib.nullcontext()
+        return self.wrapped.no_sync()
+
     def train_step(self, batches: List[Dict[str, Tensor]]) -> Dict[str, float]:
-        """One optimizer update over `batches` (update_freq micro-batches), normalised by all their masked tokens."""
-        self.model.train()
-        torch.manual_seed(self.cfg.common.seed * 1_000_003 + self.update)  # dropout depends on (seed, update) only
+        """One update over `batches` (update_freq micro-batches), normalised by every process's masked tokens."""
+        self.wrapped.train()
+        # Dropout masks depend on (seed, update, rank) only: int-tuple hashes are stable across runs.
+        torch.manual_seed(hash((self.cfg.common.seed, self.update, self.dist.rank)) & 0xFFFF_FFFF_FFFF)
         self.lr_scheduler.step(self.update)
-        total_masked = max(sum(int(b["targets"].numel()) for b in batches), 1)
-        stats = {"loss_sum": 0.0, "masked": 0, "tokens": 0}
-        for batch in batches:
-            loss, micro = self.task.loss(self.model, self._to_device(batch))
-            (loss / total_masked).backward()
-            for key in stats:
-                stats[key] += micro[key]
-        if not math.isfinite(stats["loss_sum"]):
-            raise FloatingPointError(f"loss is {stats['loss_sum']} at update {self.update + 1}; stopping")
+        counts = [sum(float(b["targets"].numel()) for b in batches), sum(float((~b["padding_mask"]).sum()) for b in batches)]
+        masked, tokens = all_reduce_sum(counts, self.device)
+        # DDP averages gradients over processes; scaling by world_size makes the result a sum over all of them.
+        normaliser = max(masked, 1.0) / self.dist.world_size
+        loss_sum, flops = 0.0, 0.0
+        for i, batch in enumerate(batches):
+            batch = self._to_device(batch)
+            with self._no_sync(i == len(batches) - 1):
+                with self.precision.autocast():
+                    loss, stats = self.task.loss(self.wrapped, batch)
+                self.precision.scale_loss(loss / normaliser).backward()
+            loss_sum += stats["loss_sum"]
+            flops += self._train_flops(batch)
+        self.precision.unscale_(self.model.parameters())
         max_norm = self.cfg.optimization.clip_norm or math.inf
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.optimizer.step()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        loss_sum, flops = all_reduce_sum([loss_sum, flops], self.device)
+        if self.precision.update(gnorm):
+            self.optimizer.step()
+            self.update += 1
+        elif self.precision.dynamic:
+            self.overflows += 1  # fp16 overflow: this update is skipped and the loss scale lowered
+        else:
+            raise FloatingPointError(
+                f"loss {loss_sum / max(masked, 1):.4g}, gradient norm {gnorm:.4g} at update {self.update + 1}: "
+                "not finite; stopping (checkpoints already written are intact)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
-        self.update += 1
-        return {**stats, "gnorm": float(gnorm), "lr": self.optimizer.param_groups[0]["lr"]}
+        return {"loss_sum": loss_sum, "masked": masked, "tokens": tokens, "flops": flops, "gnorm": gnorm,
+                "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.precision.scale}  # fmt: skip
+
+    def _train_flops(self, batch: Dict[str, Tensor]) -> float:
+        """Forward + backward (~3x forward) FLOPs of one batch, for TFLOP/s and MFU in the logs."""
+        if not hasattr(self.model, "forward_flops"):
+            return 0.0
+        b, n = batch["tokens"].shape
+        return 3.0 * b * self.model.forward_flops(n, batch["targets"].numel() / b)
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """Loss over the whole validation set, with the same masks every time (a fixed epoch)."""
-        self.model.eval()
+        """Loss over the whole validation set (sharded over processes), with the same masks every time."""
+        self.wrapped.eval()
         self.valid_iterator.load_state_dict({"epoch": 1, "offset": 0})
-        loss_sum, masked = 0.0, 0
+        loss_sum, masked = 0.0, 0.0
         for batch in self.valid_iterator.epoch_iter():
-            _, stats = self.task.loss(self.model, self._to_device(batch))
+            with self.precision.autocast():
+                _, stats = self.task.loss(self.model, self._to_device(batch))
             loss_sum, masked = loss_sum + stats["loss_sum"], masked + stats["masked"]
+        loss_sum, masked = all_reduce_sum([loss_sum, masked], self.device)
         loss = loss_sum / max(masked, 1)
-        self.last_valid = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": masked}
-        self.best_valid_loss = min(self.best_valid_loss, loss)
+        self.last_valid = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": int(masked)}
+        if loss < self.best_valid_loss:
+            self.best_valid_loss = loss
+            self.save(CHECKPOINT_BEST)
         return self.last_valid
 
     # ---- state ------------------------------------------------------------------------------------------
@@ -113,6 +159,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
+            "precision": self.precision.state_dict(),
             "update": self.update,
             "train_iterator": self.train_iterator.state_dict(),
             "best_valid_loss": self.best_valid_loss,
@@ -123,35 +170,45 @@ class Trainer:
             "provenance": provenance(self.task.provenance()),
         }
 
-    def save(self) -> Path:
-        return save_checkpoint(self.output_dir / self.cfg.checkpoint.save_dir / CHECKPOINT_LAST, self.state_dict())
+    def save(self, name: str = CHECKPOINT_LAST) -> Path:
+        """Write a checkpoint (rank 0 only; the other processes hold the same weights)."""
+        path = self.output_dir / self.cfg.checkpoint.save_dir / name
+        if self.dist.is_main:
+            save_checkpoint(path, self.state_dict())
+        return path
 
     # ---- the loop ---------------------------------------------------------------------------------------
-    def fit(self, logger: Optional[MetricsLogger] = None) -> Dict[str, Any]:
-        """Train until max_update (or max_epoch); validate at the start, every N updates and at the end."""
+    def fit(self) -> Dict[str, Any]:
+        """Train until max_update, max_epoch or the time budget; validate at the start, every N updates, at the end."""
         opt, log_cfg = self.cfg.optimization, self.cfg.logging
-        logger = logger or MetricsLogger(self.output_dir, tensorboard=log_cfg.tensorboard)
+        logger = MetricsLogger(self.output_dir, self.cfg, enabled=self.dist.is_main)
         first_valid = dict(self.validate())
         self._log(logger, "valid", first_valid)
         batches = self.train_iterator.forever()
         window = Window()
-        bar = tqdm(total=opt.max_update, initial=self.update, unit="upd", disable=not log_cfg.progress_bar,
-                   dynamic_ncols=True, desc="train")  # fmt: skip
+        bar = tqdm(total=opt.max_update, initial=self.update, unit="upd", dynamic_ncols=True, desc="train",
+                   disable=not (log_cfg.progress_bar and self.dist.is_main))  # fmt: skip
         try:
-            while self.update < opt.max_update and not self._epochs_done():
+            while not self._should_stop():
+                before = self.update
                 stats = self.train_step([next(batches) for _ in range(opt.update_freq)])
+                if self.update == before:
+                    continue  # an fp16 overflow: nothing was learned, nothing to log
                 window.add(stats)
                 bar.update(1)
-                last = self.update >= opt.max_update or self._epochs_done()
+                last = self._should_stop()
                 if self.update % log_cfg.log_interval == 0 or last:
-                    summary = {**window.summary(), "lr": stats["lr"]}
+                    summary = {**window.summary(self.peak_tflops), "lr": stats["lr"]}
+                    if self.precision.dynamic:
+                        summary.update(loss_scale=stats["loss_scale"], overflows=self.overflows)
                     bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{stats['lr']:.2e}",
-                                    tok_s=f"{summary['tokens_per_s']:.0f}")  # fmt: skip
+                                    gnorm=f"{summary['gnorm']:.2f}", tok_s=f"{summary['tokens_per_s']:.0f}")  # fmt: skip
                     self._log(logger, "train", summary)
                     window = Window()
                 if opt.validate_interval_updates and self.update % opt.validate_interval_updates == 0 and not last:
                     self._log(logger, "valid", self.validate())
-                if self.cfg.checkpoint.save_interval_updates and self.update % self.cfg.checkpoint.save_interval_updates == 0:
+                save_every = self.cfg.checkpoint.save_interval_updates
+                if save_every and self.update % save_every == 0:
                     self.save()
         finally:
             bar.close()
@@ -162,8 +219,14 @@ class Trainer:
         return {"first_valid": first_valid, "final_valid": final_valid, "updates": self.update,
                 "checkpoint": str(checkpoint), "metrics": str(logger.path)}  # fmt: skip
 
-    def _epochs_done(self) -> bool:
-        return bool(self.cfg.optimization.max_epoch) and self.train_iterator.epoch > self.cfg.optimization.max_epoch
+    def _should_stop(self) -> bool:
+        opt = self.cfg.optimization
+        hours = (time.perf_counter() - self.start_time) / 3600
+        return (
+            self.update >= opt.max_update
+            or (opt.max_epoch > 0 and self.train_iterator.epoch > opt.max_epoch)
+            or (opt.stop_time_hours > 0 and hours >= opt.stop_time_hours)
+        )
 
     def _log(self, logger: MetricsLogger, split: str, values: Dict[str, float]) -> None:
         wall = time.perf_counter() - self.start_time

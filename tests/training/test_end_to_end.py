@@ -2,11 +2,13 @@
 import json
 import math
 
+import pytest
 import torch
 from conftest import compose_config
 
 from linformer_pt.cli.train import run
 from linformer_pt.config import load_config
+from linformer_pt.errors import UserError
 from linformer_pt.models.loading import load_model
 from linformer_pt.tasks.masked_lm import MaskedLMTask
 from linformer_pt.training.checkpoint import load_checkpoint
@@ -41,3 +43,25 @@ def test_tiny_run_learns_and_its_checkpoint_reloads(tiny_overrides, tmp_path):
             loss_sum, masked = loss_sum + stats["loss_sum"], masked + stats["masked"]
     assert masked == summary["final_valid"]["masked"]
     assert abs(loss_sum / masked - summary["final_valid"]["loss"]) < 1e-5
+
+
+def test_init_from_a_checkpoint_at_a_longer_max_positions(tiny_overrides, tmp_path):
+    first = run(compose_config(tiny_overrides + ["optimization.max_update=30"]), tmp_path / "first")
+    longer = tiny_overrides + [
+        f"checkpoint.init_from={first['checkpoint']}",
+        "model.max_positions=128",
+        "task.tokens_per_sample=128",
+        "optimization.max_update=2",
+    ]
+    second = run(compose_config(longer), tmp_path / "second")
+    fresh = run(compose_config(longer[:-4] + longer[-3:]), tmp_path / "fresh")
+    # Trained weights (resized from 64 to 128 positions) start far better than a fresh model.
+    assert second["first_valid"]["loss"] < fresh["first_valid"]["loss"] - 0.3
+    assert load_checkpoint(second["checkpoint"])["model"]["embed_positions.weight"].shape[0] == 128
+
+
+def test_init_from_weights_that_do_not_fit_is_one_line(tiny_overrides, tmp_path):
+    first = run(compose_config(tiny_overrides + ["optimization.max_update=1"]), tmp_path / "first")
+    bad = tiny_overrides + [f"checkpoint.init_from={first['checkpoint']}", "model.layers=3"]
+    with pytest.raises(UserError, match="checkpoint weights do not fit the model: Unexpected key|Missing key"):
+        run(compose_config(bad), tmp_path / "second")

@@ -1,0 +1,90 @@
+"""torch.distributed for torchrun: process group from the environment, model wrapping, small collectives.
+
+Launch with `torchrun --nproc_per_node=N -m linformer_pt.cli.train ...` (add --nnodes/--rdzv-* for several
+nodes), or on Slurm with `hydra/launcher=slurm`. NCCL is used on GPUs, gloo on CPUs. Rank 0 alone writes logs
+and checkpoints.
+"""
+import os
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistributedInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def world_from_env() -> DistributedInfo:
+    """Rank and world size as torchrun sets them, or as submitit does on Slurm; a single process otherwise."""
+    if "RANK" not in os.environ and "SUBMITIT_EXECUTOR" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        import submitit  # present whenever the submitit launcher started this process
+
+        submitit.helpers.TorchDistributedEnvironment().export()  # sets RANK, WORLD_SIZE, MASTER_ADDR, ...
+    return DistributedInfo(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
+
+
+def init_distributed(device: torch.device) -> DistributedInfo:
+    """Join the process group torchrun describes (if any); CUDA devices are chosen by local rank."""
+    info = world_from_env()
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend)
+    return info
+
+
+def local_device(device: torch.device, info: DistributedInfo) -> torch.device:
+    """One GPU per process: cuda -> cuda:<local_rank> under torchrun."""
+    if device.type == "cuda" and device.index is None and info.enabled:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def wrap_model(model: nn.Module, info: DistributedInfo) -> nn.Module:
+    """DDP around `model` when there are several processes; the model itself otherwise."""
+    if not info.enabled:
+        return model
+    device = model_device(model)
+    # Every parameter gets a gradient in every step (shared projections are registered once), so DDP's default
+    # find_unused_parameters=False is right and saves a graph traversal per step.
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device) -> List[float]:
+    """Sum a few numbers over all processes (identity in a single process)."""
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,24 @@
+"""The scripts users run on results: curves from metrics logs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_plot_metrics_draws_a_png_from_run_folders(tmp_path):
+    for name, scale in (("run_a", 1.0), ("run_b", 0.9)):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"split": "train", "update": u, "loss": scale * 9 / u, "lr": 1e-4 * u, "tokens_per_s": 1000.0}
+                   for u in range(1, 6)] + [{"split": "valid", "update": 5, "loss": scale * 2.0}]  # fmt: skip
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "curves.png"
+    script = REPO / "scripts" / "plot_metrics.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "run_a"), str(tmp_path / "run_b"),
+                             "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no metrics.jsonl at" in bad.stderr
