@@ -41,6 +41,8 @@ setup(
     entry_points={
         "console_scripts": [
             "linformer-train=linformer_pt.cli.train:main",
+            "linformer-preprocess=linformer_pt.cli.preprocess:main",
+            "linformer-train-tokenizer=linformer_pt.cli.preprocess:main_tokenizer",
         ],
     },
 )

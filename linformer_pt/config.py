@@ -38,20 +38,30 @@ class CommonConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "default"  # default (embedded corpus) | text (your files)
-    train_files: List[str] = field(default_factory=list)
+    name: str = "default"  # default (embedded corpus) | text (your files) | hf (a `datasets` dataset) | shards
+    train_files: List[str] = field(default_factory=list)  # files, folders or globs: .txt .jsonl .csv .tsv .parquet
     valid_files: List[str] = field(default_factory=list)
-    valid_fraction: float = 0.02  # held out from training documents when valid_files is empty
+    text_field: str = "text"  # the field holding the text in JSONL/CSV/parquet/hf records
+    encoding_errors: str = "strict"  # strict: invalid UTF-8 stops with file and byte offset | replace
+    hf_name: str = ""  # a hub name (online) or a local dataset folder
+    hf_config: str = ""
+    hf_train_split: str = "train"
+    hf_valid_split: str = "validation"  # "" holds out valid_fraction of train
+    path: str = ""  # name=shards: a folder made by linformer-preprocess
+    valid_fraction: float = 0.02  # held out from training documents when there is no validation source
     cache_dir: str = "data/cache"
     batch_size: int = 32
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("dataset.name", self.name, ["default", "text"])
+        check_choice("dataset.name", self.name, ["default", "text", "hf", "shards"])
         check(
             self.name != "text" or len(self.train_files) > 0,
-            "dataset=text needs dataset.train_files=[path,...] (one or more text files)",
+            "dataset=text needs dataset.train_files=[path,...] (files, folders or globs)",
         )
+        check(self.name != "hf" or bool(self.hf_name), "dataset=hf needs dataset.hf_name=<hub name or local folder>")
+        check(self.name != "shards" or bool(self.path), "dataset=shards needs dataset.path=<linformer-preprocess folder>")
+        check_choice("dataset.encoding_errors", self.encoding_errors, ["strict", "replace"])
         check(0.0 < self.valid_fraction < 0.5, f"dataset.valid_fraction={self.valid_fraction} must be in (0, 0.5)")
         check(self.batch_size > 0, f"dataset.batch_size={self.batch_size} must be > 0")
         check(self.num_workers >= 0, f"dataset.num_workers={self.num_workers} must be >= 0")
@@ -132,6 +142,34 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+@dataclass
+class PreprocessConfig:
+    """linformer-preprocess and linformer-train-tokenizer (configs/preprocess.yaml)."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    output: str = ""  # shard folder (default: <cache_dir>/preprocessed-<hash>) | tokenizer.json path
+    shard_tokens: int = 1 << 27  # tokens per shard file
+
+    def __post_init__(self) -> None:
+        check(self.shard_tokens > 0, f"shard_tokens={self.shard_tokens} must be > 0")
+
+
+ConfigStore.instance().store(name="preprocess_schema", node=PreprocessConfig)
+
+
+def load_preprocess_config(cfg: DictConfig) -> PreprocessConfig:
+    """A validated PreprocessConfig from a composed DictConfig."""
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    try:
+        return PreprocessConfig(
+            DatasetConfig(**plain["dataset"]), TokenizerConfig(**plain["tokenizer"]), plain["output"],
+            plain["shard_tokens"],
+        )  # fmt: skip
+    except TypeError as err:
+        raise UserError(str(err)) from None
 
 
 def load_config(cfg: DictConfig) -> TrainConfig:

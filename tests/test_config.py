@@ -25,8 +25,9 @@ def test_every_group_option_composes_and_validates(group):
     assert options, f"configs/{group} is empty"
     for option in options:
         overrides = [f"{group}={option}"]
-        if group == "dataset" and option == "text":
-            overrides.append("dataset.train_files=[corpus.txt]")
+        required = {"text": "dataset.train_files=[corpus.txt]", "hf": "dataset.hf_name=wikitext", "shards": "dataset.path=x"}
+        if group == "dataset" and option in required:
+            overrides.append(required[option])
         cfg = load_config(compose_config(overrides))
         assert isinstance(cfg, TrainConfig)
 
@@ -66,6 +67,10 @@ def test_per_layer_k_and_compressed_alias():
         ("optimization.max_update=0", "optimization.max_update=0 must be > 0"),
         ("task.sample_break_mode=sentence", "task.sample_break_mode='sentence' is not allowed"),
         ("dataset=text", "dataset=text needs dataset.train_files"),
+        ("dataset=hf", "dataset=hf needs dataset.hf_name"),
+        ("dataset=shards", "dataset=shards needs dataset.path"),
+        ("dataset.encoding_errors=ignore", "dataset.encoding_errors='ignore' is not allowed; choose one of: strict, replace"),
+        ("task.mask_multiple_length=0", "task.mask_multiple_length=0 must be >= 1"),
     ],
 )
 def test_invalid_values_fail_with_one_clear_line(override, message):

@@ -3,9 +3,7 @@
 Bad input (a UserError) is printed as one line on stderr with exit status 2; outputs already on disk stay.
 """
 import os
-import re
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -18,7 +16,7 @@ import linformer_pt.models  # noqa: F401  (registers models)
 import linformer_pt.tasks  # noqa: F401  (registers tasks)
 import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
 from linformer_pt.config import TrainConfig, load_config
-from linformer_pt.errors import UserError
+from linformer_pt.cli.common import check_group_options, one_line_errors
 from linformer_pt.models.loading import load_weights, read_checkpoint
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
@@ -69,29 +67,12 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
 
 @hydra.main(version_base="1.3", config_path="pkg://linformer_pt.configs", config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    try:
+    with one_line_errors("linformer-train"):
         summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (UserError, FloatingPointError) as err:  # bad input, or a diverged run: one line, no traceback
-        print(f"linformer-train: error: {err}", file=sys.stderr)
-        sys.exit(2)
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise
 
 
 CONFIG_GROUPS = ("model", "task", "dataset", "optim", "lr_scheduler", "experiment")
-
-
-def unknown_group_option(argv: List[str]) -> str:
-    """A one-line error for `group=option` naming an option that has no YAML file, else ''."""
-    configs = resources.files("linformer_pt.configs")
-    for arg in argv:
-        match = re.fullmatch(r"(\w+)=([\w.-]+)", arg)
-        if not match or match.group(1) not in CONFIG_GROUPS:
-            continue
-        group, option = match.groups()
-        known = sorted(p.name[:-5] for p in (configs / group).iterdir() if p.name.endswith(".yaml"))
-        if option not in known:
-            return f"unknown {group} '{option}'; known: {', '.join(known)}"
-    return ""
 
 
 def torchrun_overrides(argv: List[str]) -> List[str]:
@@ -109,11 +90,7 @@ def torchrun_overrides(argv: List[str]) -> List[str]:
 
 
 def main() -> None:
-    # Hydra reports a missing group option over a dozen lines; say it in one, as for every other bad value.
-    error = unknown_group_option(sys.argv[1:])
-    if error:
-        print(f"linformer-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    check_group_options("linformer-train", CONFIG_GROUPS)
     sys.argv += torchrun_overrides(sys.argv[1:])
     hydra_main()
 

@@ -30,23 +30,29 @@ def key_of(spec: Dict[str, Any]) -> str:
 
 def cached_dir(root: Union[str, Path], name: str, spec: Dict[str, Any], build: Callable[[Path], Dict]) -> Path:
     """Return the complete cache folder for `spec`, calling build(tmp_folder) -> manifest extras if absent."""
-    final = Path(root) / f"{name}-{key_of(spec)}"
-    if (final / MANIFEST).exists():
+    return build_folder(Path(root) / f"{name}-{key_of(spec)}", spec, build)
+
+
+def build_folder(final: Path, spec: Dict[str, Any], build: Callable[[Path], Dict]) -> Path:
+    """Make `final` hold what build() writes for `spec`; reuse it when its manifest has the same spec.
+
+    build() writes into a temporary sibling folder, which replaces `final` only once complete: an interrupted or
+    failed build leaves any earlier `final` untouched, and a half-built folder is never taken for a finished one.
+    """
+    if (final / MANIFEST).exists() and read_manifest(final).get("spec") == json.loads(json.dumps(spec)):
         return final
-    if final.exists():  # left by a build that was interrupted mid-rename: never trust it
-        shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
     try:
         extras = build(tmp)
         write_json_atomic(tmp / MANIFEST, {"spec": spec, **extras})
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished the same entry first
-            if not (final / MANIFEST).exists():
-                raise
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 from linformer_pt.data.cache import cached_dir, sha256_file
-from linformer_pt.data.text import write_documents
+from linformer_pt.data.sources import write_documents
 
 RECIPE_VERSION = 1
 MIN_CHARS = 80  # shorter docstrings ("Return self.") add repetition, not language

@@ -1,16 +1,18 @@
 """BERT/RoBERTa masking and the masked-LM dataset whose every sample is a pure function of (seed, epoch, index).
 
 That determinism lets a resumed run rebuild any batch exactly without replaying the data before it.
+Masking units are tokens, or whole words (`mask_whole_words`); spans (`mask_multiple_length`) extend each
+chosen unit over the following ones, as fairseq does.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from linformer_pt.data.binarize import TokenizedCorpus
-from linformer_pt.data.blocks import block_boundaries
+from linformer_pt.data.blocks import corpus_blocks
 
 
 @dataclass(frozen=True)
@@ -18,27 +20,48 @@ class MaskingConfig:
     mask_prob: float = 0.15
     leave_unmasked_prob: float = 0.1
     random_token_prob: float = 0.1
+    mask_multiple_length: int = 1  # units per masked span
 
 
 def mask_tokens(
-    tokens: np.ndarray, rng: np.random.Generator, cfg: MaskingConfig, mask_id: int, num_special: int, vocab_size: int
+    tokens: np.ndarray,
+    rng: np.random.Generator,
+    cfg: MaskingConfig,
+    mask_id: int,
+    num_special: int,
+    vocab_size: int,
+    word_begins: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """(inputs, is_masked): choose mask_prob of the non-special tokens; of those 80/10/10 <mask>/random/kept.
+    """(inputs, is_masked): mask about mask_prob of the non-special tokens, 80/10/10 <mask>/random/kept.
 
-    Ids below `num_special` are special tokens: never chosen, never drawn as random replacements.
+    Ids below `num_special` are special tokens: never masked, never drawn as replacements. With `word_begins`
+    (a bool per vocabulary id: does the token start a word?) whole words are masked together.
     """
     candidates = np.flatnonzero(tokens >= num_special)
+    if word_begins is None:
+        unit_of = np.arange(len(candidates))
+    else:
+        # A unit starts at a word-initial token or right after a special token (a sentence start).
+        starts = word_begins[tokens[candidates]] | (np.diff(candidates, prepend=-2) > 1)
+        starts[:1] = True
+        unit_of = np.cumsum(starts) - 1
+    num_units = int(unit_of[-1]) + 1 if len(unit_of) else 0
+    span = cfg.mask_multiple_length
     # fairseq's rounding: the expected count is exact on average, even for short samples.
-    num_mask = min(len(candidates), int(cfg.mask_prob * len(candidates) + rng.random()))
-    chosen = rng.choice(candidates, size=num_mask, replace=False)
+    num_spans = min(num_units, int(cfg.mask_prob * num_units / span + rng.random()))
+    chosen = rng.choice(num_units, size=num_spans, replace=False)
+    units = np.zeros(num_units + span, dtype=bool)
+    for step in range(span):
+        units[chosen + step] = True
+    chosen_positions = candidates[units[unit_of]]
     is_masked = np.zeros(len(tokens), dtype=bool)
-    is_masked[chosen] = True
+    is_masked[chosen_positions] = True
     inputs = tokens.astype(np.int64)
-    fate = rng.random(num_mask)
-    random_cut = 1.0 - cfg.leave_unmasked_prob - cfg.random_token_prob
-    to_mask = chosen[fate < random_cut]
-    to_random = chosen[(fate >= random_cut) & (fate < 1.0 - cfg.leave_unmasked_prob)]
-    inputs[to_mask] = mask_id
+    fate = rng.random(len(chosen_positions))
+    keep_cut = 1.0 - cfg.leave_unmasked_prob
+    random_cut = keep_cut - cfg.random_token_prob
+    to_random = chosen_positions[(fate >= random_cut) & (fate < keep_cut)]
+    inputs[chosen_positions[fate < random_cut]] = mask_id
     inputs[to_random] = rng.integers(num_special, vocab_size, size=len(to_random))
     return inputs, is_masked
 
@@ -55,10 +78,12 @@ class MaskedLMDataset(Dataset):
         special_ids: Dict[str, int],
         vocab_size: int,
         seed: int,
+        word_begins: Optional[np.ndarray] = None,
     ) -> None:
         self.corpus = corpus
-        self.starts, self.ends = block_boundaries(corpus, tokens_per_sample - 1, break_mode)
+        self.shard_ids, self.starts, self.ends = corpus_blocks(corpus, tokens_per_sample - 1, break_mode)
         self.masking, self.ids, self.vocab_size, self.seed = masking, special_ids, vocab_size, seed
+        self.word_begins = word_begins
         self.num_special = max(special_ids.values()) + 1
         self.epoch = 0
 
@@ -68,14 +93,14 @@ class MaskedLMDataset(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def num_tokens(self, index: int) -> int:
-        return int(self.ends[index] - self.starts[index]) + 1
-
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
-        block = np.asarray(self.corpus.tokens[self.starts[index] : self.ends[index]])
+        shard = self.corpus.shards[self.shard_ids[index]]
+        block = np.asarray(shard.tokens[self.starts[index] : self.ends[index]])
         tokens = np.concatenate([[self.ids["bos"]], block]).astype(np.int64)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        inputs, is_masked = mask_tokens(tokens, rng, self.masking, self.ids["mask"], self.num_special, self.vocab_size)
+        inputs, is_masked = mask_tokens(
+            tokens, rng, self.masking, self.ids["mask"], self.num_special, self.vocab_size, self.word_begins
+        )
         return {"inputs": inputs, "targets": tokens, "is_masked": is_masked}
 
 

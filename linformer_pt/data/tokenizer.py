@@ -3,11 +3,12 @@
 Ids 0..4 are `<s> <pad> </s> <unk> <mask>` (RoBERTa's order); the post-processor adds `<s> ... </s>`.
 """
 from pathlib import Path
-from typing import Dict, Sequence, Union
+from typing import Any, Dict, Iterable, Union
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from linformer_pt.data.cache import cached_dir, sha256_file
+from linformer_pt.data.cache import cached_dir
 from linformer_pt.errors import UserError
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -15,8 +16,8 @@ BOS, PAD, EOS, UNK, MASK = SPECIAL_TOKENS
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def train_tokenizer(files: Sequence[Path], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-    """Train a byte-level BPE on text files; every byte is in the alphabet, so nothing is ever <unk>."""
+def train_tokenizer(documents: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE on documents; every byte is in the alphabet, so nothing is ever <unk>."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -27,7 +28,7 @@ def train_tokenizer(files: Sequence[Path], vocab_size: int, min_frequency: int =
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train([str(f) for f in files], trainer)
+    tokenizer.train_from_iterator(documents, trainer)
     tokenizer.post_processor = processors.RobertaProcessing(
         (EOS, tokenizer.token_to_id(EOS)), (BOS, tokenizer.token_to_id(BOS))
     )
@@ -51,18 +52,18 @@ def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
     return tokenizer
 
 
-def cached_tokenizer(cache_dir: str, train_files: Sequence[Path], vocab_size: int, min_frequency: int) -> Path:
-    """Path of a tokenizer.json trained on `train_files`, cached by their content and the settings."""
-    spec = {
-        "kind": "byte_level_bpe",
-        "files": [sha256_file(f) for f in train_files],
-        "vocab_size": vocab_size,
-        "min_frequency": min_frequency,
-    }
+def cached_tokenizer(cache_dir: str, source: Any, vocab_size: int, min_frequency: int) -> Path:
+    """Path of a tokenizer.json trained on a corpus.Source, cached by its content and the settings."""
+    spec = {"kind": "byte_level_bpe", "source": source.spec, "vocab_size": vocab_size, "min_frequency": min_frequency}
 
     def build(folder: Path) -> Dict:
-        tokenizer = train_tokenizer(train_files, vocab_size, min_frequency)
+        tokenizer = train_tokenizer(source.documents(), vocab_size, min_frequency)
         tokenizer.save(str(folder / TOKENIZER_FILE))
         return {"vocab_size": tokenizer.get_vocab_size()}
 
     return cached_dir(cache_dir, "tokenizer", spec, build) / TOKENIZER_FILE
+
+
+def word_begins(tokenizer: Tokenizer) -> np.ndarray:
+    """A bool per vocabulary id: does the token start a word (byte-level BPE marks a leading space as 'Ġ')?"""
+    return np.array([tokenizer.id_to_token(i).startswith("\u0120") for i in range(tokenizer.get_vocab_size())])

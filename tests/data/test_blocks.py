@@ -1,34 +1,52 @@
-"""Packing into blocks: `none` cuts the stream, `complete` keeps documents whole where they fit."""
+"""Packing into blocks with fairseq's break modes, on hand-made documents."""
 import numpy as np
 import pytest
 
-from linformer_pt.data.binarize import TokenizedCorpus
-from linformer_pt.data.blocks import block_boundaries
+from linformer_pt.data.binarize import TokenizedCorpus, TokenizedShard
+from linformer_pt.data.blocks import BREAK_MODES, corpus_blocks, shard_blocks
 
 
-def corpus_of(lengths):
-    return TokenizedCorpus(np.arange(sum(lengths)), np.cumsum([0] + list(lengths)))
+def shard_of(docs):
+    """docs: a list of documents, each a list of sentence lengths (</s> included)."""
+    lengths = [n for doc in docs for n in doc]
+    sentence_offsets = np.cumsum([0] + lengths)
+    doc_starts = np.cumsum([0] + [len(doc) for doc in docs])
+    return TokenizedShard(np.arange(sentence_offsets[-1]), sentence_offsets, doc_starts)
 
 
-def spans(corpus, size, mode):
-    starts, ends = block_boundaries(corpus, size, mode)
+def spans(shard, size, mode):
+    starts, ends = shard_blocks(shard, size, mode)
     return list(zip(starts.tolist(), ends.tolist()))
 
 
-def test_none_cuts_the_stream_into_equal_blocks():
-    assert spans(corpus_of([3, 4, 5]), 5, "none") == [(0, 5), (5, 10), (10, 12)]
+# Two documents: sentences [0,3) [3,5) | [5,9) [9,21) [21,23)
+DOCS = shard_of([[3, 2], [4, 12, 2]])
 
 
-def test_complete_packs_whole_documents_and_splits_only_overlong_ones():
-    # documents: [0,3) [3,7) [7,19) [19,21) with block size 5
-    assert spans(corpus_of([3, 4, 12, 2]), 5, "complete") == [(0, 3), (3, 7), (7, 12), (12, 17), (17, 21)]
+def test_none_cuts_the_stream():
+    assert spans(DOCS, 6, "none") == [(0, 6), (6, 12), (12, 18), (18, 23)]
 
 
-@pytest.mark.parametrize("mode", ["none", "complete"])
-def test_blocks_cover_every_token_once(mode):
+def test_complete_packs_whole_sentences_across_documents():
+    assert spans(DOCS, 6, "complete") == [(0, 5), (5, 9), (9, 15), (15, 21), (21, 23)]
+
+
+def test_complete_doc_never_crosses_a_document():
+    assert spans(shard_of([[3, 2], [1, 2]]), 6, "complete_doc") == [(0, 5), (5, 8)]
+    assert spans(shard_of([[3, 2], [1, 2]]), 6, "complete") == [(0, 6), (6, 8)]
+
+
+def test_eos_gives_one_sentence_per_block():
+    assert spans(DOCS, 6, "eos") == [(0, 3), (3, 5), (5, 9), (9, 15), (15, 21), (21, 23)]
+
+
+@pytest.mark.parametrize("mode", BREAK_MODES)
+def test_blocks_cover_every_token_once_and_stay_in_their_shard(mode):
     rng = np.random.default_rng(0)
-    corpus = corpus_of(rng.integers(1, 40, size=200))
-    starts, ends = block_boundaries(corpus, 16, mode)
+    shards = [shard_of([list(rng.integers(1, 30, size=rng.integers(1, 5))) for _ in range(50)]) for _ in range(2)]
+    shard_ids, starts, ends = corpus_blocks(TokenizedCorpus(shards), 16, mode)
     assert (ends - starts).max() <= 16 and (ends > starts).all()
-    assert starts[0] == 0 and ends[-1] == corpus.doc_offsets[-1]
-    assert np.array_equal(starts[1:], ends[:-1])
+    for i, shard in enumerate(shards):
+        mine = shard_ids == i
+        assert starts[mine][0] == 0 and ends[mine][-1] == len(shard.tokens)
+        assert np.array_equal(starts[mine][1:], ends[mine][:-1])

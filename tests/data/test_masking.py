@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from linformer_pt.data.binarize import TokenizedCorpus
+from linformer_pt.data.binarize import TokenizedCorpus, TokenizedShard
 from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate, mask_tokens
 
 MASK, NUM_SPECIAL, VOCAB = 4, 5, 1000
@@ -29,7 +29,8 @@ def make_dataset(seed: int = 1) -> MaskedLMDataset:
     rng = np.random.default_rng(123)
     docs = [np.append(rng.integers(NUM_SPECIAL, VOCAB, size=n), 2) for n in (30, 5, 60, 12, 44)]
     offsets = np.cumsum([0] + [len(d) for d in docs])
-    corpus = TokenizedCorpus(np.concatenate(docs).astype(np.uint16), offsets)
+    shard = TokenizedShard(np.concatenate(docs).astype(np.uint16), offsets, np.arange(len(docs) + 1))
+    corpus = TokenizedCorpus([shard])
     ids = {"bos": 0, "pad": 1, "eos": 2, "mask": MASK}
     return MaskedLMDataset(corpus, 32, "none", MaskingConfig(), ids, VOCAB, seed)
 
@@ -65,3 +66,25 @@ def test_collate_pads_and_lists_targets_row_major():
     expected = np.concatenate([s["targets"][s["is_masked"]] for s in samples])
     assert batch["targets"].tolist() == expected.tolist()
     assert (batch["tokens"][batch["masked_positions"]] != 1).all()
+
+
+def test_whole_word_masking_masks_words_entirely():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(NUM_SPECIAL, VOCAB, size=50_000)
+    begins = np.zeros(VOCAB, dtype=bool)
+    begins[NUM_SPECIAL::3] = True  # a third of the vocabulary starts words
+    inputs, masked = mask_tokens(tokens, rng, MaskingConfig(), MASK, NUM_SPECIAL, VOCAB, word_begins=begins)
+    word_id = np.cumsum(begins[tokens]) - 1
+    per_word = np.bincount(word_id, weights=masked) / np.bincount(word_id)
+    assert set(np.unique(per_word)) <= {0.0, 1.0}  # never part of a word
+    assert masked.mean() == pytest.approx(0.15, abs=0.01)
+
+
+def test_span_masking_masks_runs_of_the_given_length():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(NUM_SPECIAL, VOCAB, size=50_000)
+    _, masked = mask_tokens(tokens, rng, MaskingConfig(mask_multiple_length=3), MASK, NUM_SPECIAL, VOCAB)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], masked.astype(int), [0]])))
+    runs = edges[1::2] - edges[::2]
+    assert masked.mean() == pytest.approx(0.15, abs=0.01)
+    assert np.median(runs) == 3 and (runs % 3 == 0).mean() > 0.9  # overlapping spans merge into longer runs

@@ -1,0 +1,158 @@
+"""Where documents come from: text, JSONL, CSV/TSV and parquet files, folders and globs, or `datasets` datasets.
+
+Plain text has one paragraph per line and a blank line between documents; the other formats hold one document
+per record in a text field (`dataset.text_field`). Every source is checked up front, so a bad path fails with
+one line naming it; invalid UTF-8 names the file and byte offset (or is replaced with dataset.encoding_errors).
+"""
+import csv
+import glob
+import json
+from pathlib import Path
+from typing import Any, Iterator, List, Sequence
+
+from linformer_pt.errors import UserError
+
+TEXT = (".txt", ".text", ".md", ".raw")
+JSONL = (".jsonl", ".json")
+DELIMITED = {".csv": ",", ".tsv": "\t"}
+PARQUET = (".parquet",)
+SUFFIXES = TEXT + JSONL + tuple(DELIMITED) + PARQUET
+
+
+def expand_paths(patterns: Sequence[str], key: str) -> List[Path]:
+    """Files named by `patterns` (files, folders searched recursively, globs), sorted, with clear errors."""
+    if not patterns:
+        raise UserError(f"{key} is empty; give one or more files, folders or globs")
+    out: List[Path] = []
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not matches:
+                raise UserError(f"{key}: the glob {pattern} matches no file")
+            out += matches
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            if not found:
+                raise UserError(f"{key}: the folder {pattern} holds no {'/'.join(SUFFIXES)} file")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise UserError(f"{key}: no such file: {pattern}")
+    for path in out:
+        if path.suffix.lower() not in SUFFIXES:
+            raise UserError(f"{key}: {path} has an unknown format; use one of {', '.join(SUFFIXES)}")
+    return out
+
+
+def _decoded_lines(path: Path, errors: str) -> Iterator[str]:
+    """Lines of a UTF-8 file; on a bad byte, a UserError with its offset (errors='strict') or U+FFFD ('replace')."""
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                yield raw.decode("utf-8", errors=errors)
+            except UnicodeDecodeError as err:
+                raise UserError(
+                    f"{path} is not UTF-8 text (invalid byte at offset {offset + err.start}); "
+                    "fix the file or set dataset.encoding_errors=replace"
+                ) from None
+            offset += len(raw)
+
+
+def _text_documents(path: Path, errors: str) -> Iterator[str]:
+    lines: List[str] = []
+    for line in _decoded_lines(path, errors):
+        line = line.strip()
+        if line:
+            lines.append(line)
+        elif lines:
+            yield "\n".join(lines)
+            lines = []
+    if lines:
+        yield "\n".join(lines)
+
+
+def _field(record: dict, field: str, path: Path, where: str) -> str:
+    if field not in record:
+        raise UserError(f"{path}: {where} has no field {field!r} (dataset.text_field); it has {sorted(record)}")
+    return str(record[field] or "")
+
+
+def read_documents(path: Path, text_field: str = "text", errors: str = "strict") -> Iterator[str]:
+    """Non-empty documents of one file, in order."""
+    suffix = path.suffix.lower()
+    if suffix in TEXT:
+        yield from _text_documents(path, errors)
+    elif suffix in JSONL:
+        for number, line in enumerate(_decoded_lines(path, errors), 1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
+                yield from _nonempty(_field(record, text_field, path, f"line {number}"))
+    elif suffix in DELIMITED:
+        rows = csv.DictReader(_decoded_lines(path, errors), delimiter=DELIMITED[suffix])
+        for number, row in enumerate(rows, 2):
+            yield from _nonempty(_field(row, text_field, path, f"row {number}"))
+    else:
+        import pyarrow.parquet as pq  # a dependency of `datasets`
+
+        table = pq.ParquetFile(path)
+        if text_field not in table.schema_arrow.names:
+            raise UserError(f"{path}: no column {text_field!r} (dataset.text_field); it has {table.schema_arrow.names}")
+        for batch in table.iter_batches(columns=[text_field]):
+            for value in batch.column(0).to_pylist():
+                yield from _nonempty(str(value or ""))
+
+
+def _nonempty(text: str) -> Iterator[str]:
+    text = text.strip()
+    if text:
+        yield text
+
+
+def iter_documents(paths: Sequence[Path], text_field: str = "text", errors: str = "strict") -> Iterator[str]:
+    """Documents of all files in order."""
+    for path in paths:
+        yield from read_documents(path, text_field, errors)
+
+
+def check_sources(paths: Sequence[Path], key: str, text_field: str = "text", errors: str = "strict") -> None:
+    """Fail early on an empty file; decoding and field errors surface when the file is first read."""
+    for path in paths:
+        if next(read_documents(path, text_field, errors), None) is None:
+            raise UserError(f"{key}: {path} contains no text")
+
+
+def load_hub_dataset(name: str, config: str, split: str, text_field: str) -> Any:
+    """A split of a `datasets` dataset: a folder saved with save_to_disk, a local loading folder, or a hub name."""
+    import datasets
+
+    try:
+        if (Path(name) / "dataset_info.json").is_file() or (Path(name) / "dataset_dict.json").is_file():
+            data = datasets.load_from_disk(name)
+            data = data[split] if isinstance(data, datasets.DatasetDict) else data
+        else:
+            data = datasets.load_dataset(name, config or None, split=split)
+    except Exception as err:  # offline hub misses, unknown names and splits arrive as many exception types
+        raise UserError(f"dataset.hf_name={name!r}: cannot load split {split!r} ({type(err).__name__}: {err})") from None
+    if text_field not in data.column_names:
+        raise UserError(f"dataset.hf_name={name!r} has no column {text_field!r}; it has {data.column_names}")
+    return data
+
+
+def hub_documents(data: Any, text_field: str) -> Iterator[str]:
+    """Non-empty texts of a `datasets` Dataset, read in batches (no full copy in memory)."""
+    for batch in data.iter(batch_size=1000):
+        for value in batch[text_field]:
+            yield from _nonempty(str(value or ""))
+
+
+def write_documents(path: Path, documents: Sequence[str]) -> None:
+    """Write documents as plain text (blank line between documents), the format read_documents reads."""
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in documents:
+            f.write(doc.strip() + "\n\n")
