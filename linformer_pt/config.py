@@ -49,6 +49,8 @@ class DatasetConfig:
     hf_valid_split: str = "validation"  # "" holds out valid_fraction of train
     path: str = ""  # name=shards: a folder made by linformer-preprocess
     valid_fraction: float = 0.02  # held out from training documents when there is no validation source
+    streaming: bool = False  # name=text: tokenize on the fly through `datasets` streaming (no preprocessing pass)
+    shuffle_buffer: int = 0  # streaming: shuffle training documents within a buffer of this size (0: in order)
     cache_dir: str = "data/cache"
     batch_size: int = 32
     num_workers: int = 0
@@ -62,6 +64,11 @@ class DatasetConfig:
         check(self.name != "hf" or bool(self.hf_name), "dataset=hf needs dataset.hf_name=<hub name or local folder>")
         check(self.name != "shards" or bool(self.path), "dataset=shards needs dataset.path=<linformer-preprocess folder>")
         check_choice("dataset.encoding_errors", self.encoding_errors, ["strict", "replace"])
+        check(
+            not self.streaming or (self.name == "text" and len(self.valid_files) > 0),
+            "dataset.streaming=true needs dataset=text with dataset.valid_files (a stream has no held-out split)",
+        )
+        check(self.shuffle_buffer >= 0, f"dataset.shuffle_buffer={self.shuffle_buffer} must be >= 0")
         check(0.0 < self.valid_fraction < 0.5, f"dataset.valid_fraction={self.valid_fraction} must be in (0, 0.5)")
         check(self.batch_size > 0, f"dataset.batch_size={self.batch_size} must be > 0")
         check(self.num_workers >= 0, f"dataset.num_workers={self.num_workers} must be >= 0")

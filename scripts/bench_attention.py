@@ -8,7 +8,6 @@ import math
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from linformer_pt.modules.attention import AttentionSpec, LinformerSelfAttention, StandardSelfAttention
 from linformer_pt.modules.encoder import EncoderLayer
+from benchlib import cpu_model, fmt, run_point  # noqa: E402  (scripts/ is on sys.path)
 
 BATCH, EMBED_DIM, HEADS, FFN_DIM = 1, 256, 4, 1024
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -123,20 +123,6 @@ def measure_times(point: Dict) -> Dict:
     return {v: {"time_ms": 1e3 * statistics.median(t), "reps": len(t)} for v, t in times.items()}
 
 
-def run_point(point: Dict, timeout: float) -> Dict:
-    """Measure one point in a fresh process, so the RSS high-water mark is its own; a failure becomes an error."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--point", json.dumps(point)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:g} s"}
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        # A process killed by the OOM killer leaves no traceback, only the signal.
-        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def variants_at(n: int, ks: List[int]) -> List[str]:
     # Linformer with k >= n would not shorten the sequence; the paper's Table 3 leaves those cells empty too.
     return ["naive", "sdpa"] + [f"linformer-k{k}" for k in sorted(ks) if k < n]
@@ -162,7 +148,7 @@ def collect(points: List[Dict], timeout: float) -> List[Dict]:
     for point in progress:
         label = point.get("variant", "all variants")
         progress.set_postfix_str(f"{point['kind']} {point['scope']} n={point['n']} {label}")
-        result = run_point(point, timeout)
+        result = run_point(__file__, point, timeout)
         for variant in point.get("variants", [point.get("variant")]):
             key = (point["scope"], point["n"], variant)
             row = rows.setdefault(key, {"scope": key[0], "n": key[1], "variant": variant, **dict.fromkeys(RESULT_KEYS)})
@@ -185,24 +171,12 @@ def add_ratios(rows: List[Dict]) -> None:
         row["memory_ratio"] = ratio(row["memory_mib"], reference["memory_mib"])
 
 
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-
-
 def environment(device: str, threads: Optional[int]) -> Dict:
     env = {"python": platform.python_version(), "torch": torch.__version__}
     env.update(threads=threads or torch.get_num_threads(), cpu=cpu_model())
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def fmt(value: Optional[float], spec: str) -> str:
-    return "—" if value is None else format(value, spec)
 
 
 def print_tables(rows: List[Dict], settings: str) -> None:

@@ -6,9 +6,6 @@ import csv
 import importlib.metadata
 import importlib.util
 import json
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -23,6 +20,7 @@ import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
 from linformer_pt.config import TrainConfig, load_config
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.trainer import Trainer
+from benchlib import cpu_model, fmt, run_point  # noqa: E402  (scripts/ is on sys.path)
 
 VARIANTS = ("linformer", "standard", "transformers")
 PRECISIONS = ("fp32", "bf16")
@@ -114,20 +112,6 @@ def measure(point: Dict) -> Dict:
     return time_steps(step, batches, point["steps"])
 
 
-def run_point(point: Dict, timeout: float) -> Dict:
-    """Measure one point in a fresh process, so memory and threads are its own; a failure becomes an error."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--point", json.dumps(point)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:g} s"}
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        # A process killed by the OOM killer leaves no traceback, only the signal.
-        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def make_points(args: argparse.Namespace, variants: List[str]) -> List[Dict]:
     # All variants of one (precision, n) run back to back, so the machine's state is alike across their ratios.
     common = {"k": args.k, "vocab": args.vocab, "steps": args.steps, "threads": args.threads}
@@ -142,7 +126,7 @@ def collect(points: List[Dict], timeout: float) -> List[Dict]:
     for point in progress:
         progress.set_postfix_str(f"{point['precision']} n={point['n']} {point['variant']}")
         row = {key: point[key] for key in ("precision", "n", "batch", "variant")}
-        rows.append({**row, **dict.fromkeys(RESULT_KEYS), **run_point(point, timeout)})
+        rows.append({**row, **dict.fromkeys(RESULT_KEYS), **run_point(__file__, point, timeout)})
     return rows
 
 
@@ -154,22 +138,11 @@ def add_ratios(rows: List[Dict]) -> None:
             row[f"vs_{reference}"] = row["tokens_per_s"] / base if row["tokens_per_s"] and base else None
 
 
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    return next(names, platform.processor() or "unknown")
-
-
 def environment(threads: Optional[int]) -> Dict:
     env = {"torch": torch.__version__, "threads": threads or torch.get_num_threads(), "cpu": cpu_model()}
     if importlib.util.find_spec("transformers"):
         env["transformers"] = importlib.metadata.version("transformers")
     return env
-
-
-def fmt(value: Optional[float], spec: str) -> str:
-    return "—" if value is None else format(value, spec)
 
 
 def print_tables(rows: List[Dict], settings: str) -> None:

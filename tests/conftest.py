@@ -32,6 +32,14 @@ def compose_config(overrides: List[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
+@pytest.fixture(scope="session")
+def corpus_files(cache_dir) -> dict:
+    """The embedded corpus's train/valid text files (built once per session)."""
+    from linformer_pt.data.default_corpus import build_default_corpus
+
+    return build_default_corpus(str(cache_dir))
+
+
 @pytest.fixture
 def tiny_overrides(cache_dir) -> List[str]:
     """Overrides for a seconds-long run on the embedded corpus, quiet and cached."""

@@ -1,4 +1,5 @@
 """A regular (non-editable) install carries the Hydra configs: compose works from the installed wheel alone."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,15 @@ print(cfg.model.k, cfg.optimization.max_update)
 
 
 def test_wheel_ships_configs_and_composes(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    source, wheels, target = tmp_path / "src", tmp_path / "wheels", tmp_path / "site"
+    # Build from a copy: setuptools leaves a build/ folder in the tree it builds.
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("linformer_pt", "configs"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     wheel = next(wheels.glob("linformer_pt-*.whl"))

@@ -5,7 +5,7 @@ The loss is cross-entropy over masked positions only; the model computes logits 
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,9 +17,11 @@ from linformer_pt.data.blocks import BREAK_MODES
 from linformer_pt.data.cache import sha256_file
 from linformer_pt.data.corpus import cached_corpus, preprocessed_corpora, resolve_sources
 from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
+from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
 from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, cached_tokenizer, load_tokenizer, word_begins
 from linformer_pt.errors import UserError
 from linformer_pt.registry import register_task
+from linformer_pt.training.distributed import world_from_env
 
 
 @dataclass
@@ -68,7 +70,18 @@ class MaskedLMTask:
         names = [("bos", BOS), ("pad", PAD), ("eos", EOS), ("mask", MASK)]
         self.special_ids = {name: self.tokenizer.token_to_id(tok) for name, tok in names}
         self.pad_id = self.special_ids["pad"]
-        if data.name != "shards":
+        if data.streaming:
+            check(
+                self.task_cfg.sample_break_mode == "none",
+                "dataset.streaming=true packs the token stream: it needs task.sample_break_mode=none",
+            )
+            check(
+                not (cfg.optimization.max_epoch and world_from_env().enabled),
+                "dataset.streaming=true with several processes cannot stop by optimization.max_epoch "
+                "(ranks may see different numbers of batches); use optimization.max_update",
+            )
+            corpora = {}
+        elif data.name != "shards":
             corpora = {
                 split: cached_corpus(data.cache_dir, source, self.tokenizer_path, self.tokenizer, self.special_ids["eos"])
                 for split, source in sources.items()
@@ -88,16 +101,28 @@ class MaskedLMTask:
                 f"task.tokens_per_sample={self.task_cfg.tokens_per_sample} exceeds model.max_positions={max_positions}"
             )
 
-    def dataset(self, split: str) -> MaskedLMDataset:
-        t = self.task_cfg
+    def dataset(self, split: str, rank: int = 0, world_size: int = 1) -> Union[MaskedLMDataset, StreamingMaskedLM]:
+        t, data = self.task_cfg, self.cfg.dataset
         masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
+        if data.streaming:
+            return StreamingMaskedLM(
+                data.train_files if split == "train" else data.valid_files, data.text_field, self.tokenizer,
+                self.special_ids, self.vocab_size, t.tokens_per_sample, masking, self.cfg.common.seed, rank,
+                world_size, self.word_begins, data.shuffle_buffer if split == "train" else 0, data.encoding_errors,
+                key=f"dataset.{split}_files",
+            )  # fmt: skip
         return MaskedLMDataset(
             self.corpora[split], t.tokens_per_sample, t.sample_break_mode, masking, self.special_ids,
             self.vocab_size, self.cfg.common.seed, self.word_begins,
         )  # fmt: skip
 
-    def batch_iterator(self, split: str, rank: int = 0, world_size: int = 1) -> EpochBatchIterator:
+    def batch_iterator(
+        self, split: str, rank: int = 0, world_size: int = 1
+    ) -> Union[EpochBatchIterator, StreamingBatchIterator]:
         """Shuffled batches for train, a fixed order for validation; this process's share under DDP."""
+        if self.cfg.dataset.streaming:
+            dataset = self.dataset(split, rank, world_size)
+            return StreamingBatchIterator(dataset, self.cfg.dataset.batch_size, self.cfg.dataset.num_workers)
         return EpochBatchIterator(
             self.dataset(split), self.cfg.dataset.batch_size, partial(collate, pad_id=self.pad_id),
             self.cfg.common.seed, shuffle=split == "train", num_workers=self.cfg.dataset.num_workers,

@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ def resolve_device(name: str) -> torch.device:
 class Window:
     """Sums of training statistics since the last log record."""
 
-    KEYS = ("loss_sum", "masked", "tokens", "flops")
+    KEYS = ("loss_sum", "masked", "tokens", "flops", "data_time")
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -50,7 +50,8 @@ class Window:
         loss = self.sums["loss_sum"] / max(self.sums["masked"], 1)
         tflops = self.sums["flops"] / elapsed / 1e12
         out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "gnorm": self.gnorm_sum / max(self.updates, 1),
-               "tokens_per_s": self.sums["tokens"] / elapsed, "tflops": tflops}  # fmt: skip
+               "tokens_per_s": self.sums["tokens"] / elapsed, "tflops": tflops,
+               "data_share": self.sums["data_time"] / elapsed}  # fmt: skip
         if peak:
             out["mfu"] = tflops / peak
         return out
@@ -190,11 +191,13 @@ class Trainer:
                    disable=not (log_cfg.progress_bar and self.dist.is_main))  # fmt: skip
         try:
             while not self._should_stop():
-                before = self.update
-                stats = self.train_step([next(batches) for _ in range(opt.update_freq)])
+                before, waited = self.update, time.perf_counter()
+                micro_batches = [next(batches) for _ in range(opt.update_freq)]
+                data_time = time.perf_counter() - waited  # the share of time spent waiting for data is logged
+                stats = self.train_step(micro_batches)
                 if self.update == before:
                     continue  # an fp16 overflow: nothing was learned, nothing to log
-                window.add(stats)
+                window.add({**stats, "data_time": data_time})
                 bar.update(1)
                 last = self._should_stop()
                 if self.update % log_cfg.log_interval == 0 or last:

@@ -65,3 +65,16 @@ def test_init_from_weights_that_do_not_fit_is_one_line(tiny_overrides, tmp_path)
     bad = tiny_overrides + [f"checkpoint.init_from={first['checkpoint']}", "model.layers=3"]
     with pytest.raises(UserError, match="checkpoint weights do not fit the model: Unexpected key|Missing key"):
         run(compose_config(bad), tmp_path / "second")
+
+
+def test_streaming_training_reads_raw_files_without_a_token_cache(tiny_overrides, corpus_files, tmp_path):
+    overrides = tiny_overrides + [
+        "dataset=text", f"dataset.train_files=[{corpus_files['train']}]", f"dataset.valid_files=[{corpus_files['valid']}]",
+        "dataset.streaming=true", "task.sample_break_mode=none", "optimization.max_update=12",
+        "optimization.validate_interval_updates=0",
+    ]  # fmt: skip
+    summary = run(compose_config(overrides), tmp_path)
+    assert summary["final_valid"]["loss"] < summary["first_valid"]["loss"]
+    assert load_checkpoint(summary["checkpoint"])["train_iterator"]["offset"] == 12
+    with pytest.raises(UserError, match="needs task.sample_break_mode=none"):
+        run(compose_config(overrides[:-3] + ["optimization.max_update=1"]), tmp_path / "complete")

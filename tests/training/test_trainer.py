@@ -116,4 +116,5 @@ def test_logs_report_throughput_flops_and_mfu(base, tmp_path):
     train = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert [r["update"] for r in train] == [2, 4]
     assert all(r["tflops"] > 0 and r["mfu"] == pytest.approx(r["tflops"]) and r["tokens_per_s"] > 0 for r in train)
+    assert all(0 < r["data_share"] < 1 for r in train)
     assert (tmp_path / "checkpoints" / "checkpoint_best.pt").is_file()

@@ -1,0 +1,34 @@
+"""What the benchmark scripts share: one measurement per fresh subprocess, the CPU's name, table cells."""
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+
+def run_point(script: str, point: Dict, timeout: float) -> Dict:
+    """Run `script --point <json>` in a fresh process (own memory high-water mark and threads); errors become data."""
+    command = [sys.executable, str(Path(script).resolve()), "--point", json.dumps(point)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:g} s"}
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        # A process killed by the OOM killer leaves no traceback, only the signal.
+        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what platform knows."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return next(names, platform.processor() or "unknown")
+
+
+def fmt(value: Optional[float], spec: str) -> str:
+    """A table cell: the formatted value, or a dash for a missing one."""
+    return "—" if value is None else format(value, spec)
