@@ -107,11 +107,13 @@ class TrainerConfig:
     fp16_init_scale: float = 128.0
     fp16_scale_window: int = 256  # clean updates before the loss scale doubles
     fp16_min_scale: float = 1e-4  # below this the run stops: it keeps overflowing
+    distributed_backend: str = "ddp"  # ddp | fsdp (FSDP2: parameters, gradients and optimizer state sharded)
     compile: bool = False  # torch.compile the model (opt-in: first steps are slow)
     peak_tflops: float = 0.0  # the device's peak, for MFU in the logs; 0: known GPUs are looked up, else no MFU
 
     def __post_init__(self) -> None:
         check_choice("trainer.precision", self.precision, ["fp32", "bf16", "fp16"])
+        check_choice("trainer.distributed_backend", self.distributed_backend, ["ddp", "fsdp"])
         check(self.fp16_init_scale > 0, f"trainer.fp16_init_scale={self.fp16_init_scale} must be > 0")
         check(self.fp16_scale_window > 0, f"trainer.fp16_scale_window={self.fp16_scale_window} must be > 0")
         check(self.peak_tflops >= 0, f"trainer.peak_tflops={self.peak_tflops} must be >= 0")

@@ -1,6 +1,6 @@
 """`linformer-train`: the Hydra app that composes configs/train.yaml and runs one training job.
 
-Bad input (a UserError) is printed as one line on stderr with exit status 2; outputs already on disk stay.
+Bad input (a UserError) or a diverged run is one line on stderr with exit status 2; outputs already on disk stay.
 """
 import os
 import sys

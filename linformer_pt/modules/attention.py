@@ -54,7 +54,10 @@ class _MultiHeadBase(nn.Module):
 class StandardSelfAttention(_MultiHeadBase):
     """softmax(Q K^T / sqrt(dh)) V over all n keys, padded keys excluded (PyTorch's fused SDPA)."""
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None) -> Tensor:
+    def forward(
+        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None
+    ) -> Tensor:
+        """`shared_projection` is accepted and ignored, so layers can call any attention the same way."""
         q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
         return self.out_proj(self.attend(q, k, v, attn_mask))

@@ -57,11 +57,24 @@ def local_device(device: torch.device, info: DistributedInfo) -> torch.device:
     return device
 
 
-def wrap_model(model: nn.Module, info: DistributedInfo) -> nn.Module:
-    """DDP around `model` when there are several processes; the model itself otherwise."""
+def wrap_model(model: nn.Module, info: DistributedInfo, backend: str = "ddp") -> nn.Module:
+    """DDP or FSDP2 around `model` when there are several processes; the model itself otherwise."""
     if not info.enabled:
         return model
     device = model_device(model)
+    if backend == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from linformer_pt.modules.encoder import EncoderLayer
+
+        mesh = init_device_mesh(device.type, (info.world_size,))
+        # One unit per encoder layer (gathered just before it runs, freed after), the rest (embeddings, tied LM
+        # head, a layerwise-shared projection) in the root unit.
+        for module in model.modules():
+            if isinstance(module, EncoderLayer):
+                fully_shard(module, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
     # Every parameter gets a gradient in every step (shared projections are registered once), so DDP's default
     # find_unused_parameters=False is right and saves a graph traversal per step.
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -49,9 +49,9 @@ class Precision:
     def unscale_(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Divide gradients by the loss scale, in place, before clipping and the optimizer step."""
         if self.dynamic:
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, 1.0 / self.scale)
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / self.scale)  # a plain loop: FSDP's gradients are DTensors
 
     def update(self, grad_norm: float) -> bool:
         """Record one update's gradient norm; False means overflow: skip it (fp16) or stop (fp32/bf16)."""

@@ -66,7 +66,8 @@ class Trainer:
         self.cfg, self.task, self.output_dir, self.dist = cfg, task, Path(output_dir), dist
         self.device = local_device(resolve_device(cfg.common.device), dist)
         self.model = model.to(self.device)
-        self.wrapped = wrap_model(self.model, dist)
+        self.sharded = dist.enabled and cfg.trainer.distributed_backend == "fsdp"
+        self.wrapped = wrap_model(self.model, dist, cfg.trainer.distributed_backend)
         if cfg.trainer.compile:
             self.wrapped = torch.compile(self.wrapped)
         t = cfg.trainer
@@ -86,8 +87,11 @@ class Trainer:
     def _to_device(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _no_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
-        # Gradients are averaged across processes once per update, on the last micro-batch only.
+    def _sync_gradients(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        # Gradients are reduced across processes once per update, on the last micro-batch only.
+        if self.sharded:
+            self.wrapped.set_requires_gradient_sync(last_micro_batch)
+            return contextlib.nullcontext()
         if last_micro_batch or not hasattr(self.wrapped, "no_sync"):
             return contextlib.nullcontext()
         return self.wrapped.no_sync()
@@ -98,14 +102,16 @@ class Trainer:
         # Dropout masks depend on (seed, update, rank) only: int-tuple hashes are stable across runs.
         torch.manual_seed(hash((self.cfg.common.seed, self.update, self.dist.rank)) & 0xFFFF_FFFF_FFFF)
         self.lr_scheduler.step(self.update)
-        counts = [sum(float(b["targets"].numel()) for b in batches), sum(float((~b["padding_mask"]).sum()) for b in batches)]
-        masked, tokens = all_reduce_sum(counts, self.device)
+        masked, tokens = all_reduce_sum(
+            [sum(float(b["targets"].numel()) for b in batches), sum(float((~b["padding_mask"]).sum()) for b in batches)],
+            self.device,
+        )
         # DDP averages gradients over processes; scaling by world_size makes the result a sum over all of them.
         normaliser = max(masked, 1.0) / self.dist.world_size
         loss_sum, flops = 0.0, 0.0
         for i, batch in enumerate(batches):
             batch = self._to_device(batch)
-            with self._no_sync(i == len(batches) - 1):
+            with self._sync_gradients(i == len(batches) - 1):
                 with self.precision.autocast():
                     loss, stats = self.task.loss(self.wrapped, batch)
                 self.precision.scale_loss(loss / normaliser).backward()
@@ -113,7 +119,8 @@ class Trainer:
             flops += self._train_flops(batch)
         self.precision.unscale_(self.model.parameters())
         max_norm = self.cfg.optimization.clip_norm or math.inf
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        total_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        gnorm = float(total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm)  # FSDP: DTensor
         loss_sum, flops = all_reduce_sum([loss_sum, flops], self.device)
         if self.precision.update(gnorm):
             self.optimizer.step()
@@ -142,7 +149,17 @@ class Trainer:
         self.wrapped.eval()
         self.valid_iterator.load_state_dict({"epoch": 1, "offset": 0})
         loss_sum, masked = 0.0, 0.0
-        for batch in self.valid_iterator.epoch_iter():
+        batches = self.valid_iterator.epoch_iter()
+        while True:
+            batch = next(batches, None)
+            if self.sharded:
+                # FSDP gathers weights collectively in every forward: all processes run the same number of them,
+                # those whose share ran out on an empty batch.
+                if all_reduce_sum([batch is not None], self.device)[0] == 0:
+                    break
+                batch = batch if batch is not None else self._empty_batch()
+            elif batch is None:
+                break
             with self.precision.autocast():
                 _, stats = self.task.loss(self.model, self._to_device(batch))
             loss_sum, masked = loss_sum + stats["loss_sum"], masked + stats["masked"]
@@ -154,11 +171,37 @@ class Trainer:
             self.save(CHECKPOINT_BEST)
         return self.last_valid
 
+    def _empty_batch(self) -> Dict[str, Tensor]:
+        """One padding-free token and no masked position: a forward that contributes nothing to the loss."""
+        tokens = torch.full((1, 1), self.task.pad_id, dtype=torch.long)
+        none = torch.zeros_like(tokens, dtype=torch.bool)
+        empty = torch.empty(0, dtype=torch.long)
+        return {"tokens": tokens, "padding_mask": none, "masked_positions": none, "targets": empty}
+
     # ---- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
+        """The full training state; with FSDP a collective call that gathers the shards (on the CPU)."""
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(self.model, options=options)
+            # Before the first step there is nothing to gather, and get_optimizer_state_dict would initialise the
+            # state with a zero-lr step, which shifts Adam's bias correction for the whole run.
+            optimizer_state = (
+                get_optimizer_state_dict(self.model, self.optimizer, options=options)
+                if self.optimizer.state
+                else self.optimizer.state_dict()
+            )
+        else:
+            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "precision": self.precision.state_dict(),
             "update": self.update,
@@ -172,10 +215,11 @@ class Trainer:
         }
 
     def save(self, name: str = CHECKPOINT_LAST) -> Path:
-        """Write a checkpoint (rank 0 only; the other processes hold the same weights)."""
+        """Write a checkpoint: rank 0 writes; with FSDP every process takes part in gathering the state."""
         path = self.output_dir / self.cfg.checkpoint.save_dir / name
+        state = self.state_dict() if self.dist.is_main or self.sharded else None
         if self.dist.is_main:
-            save_checkpoint(path, self.state_dict())
+            save_checkpoint(path, state)
         return path
 
     # ---- the loop ---------------------------------------------------------------------------------------
@@ -204,8 +248,12 @@ class Trainer:
                     summary = {**window.summary(self.peak_tflops), "lr": stats["lr"]}
                     if self.precision.dynamic:
                         summary.update(loss_scale=stats["loss_scale"], overflows=self.overflows)
-                    bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{stats['lr']:.2e}",
-                                    gnorm=f"{summary['gnorm']:.2f}", tok_s=f"{summary['tokens_per_s']:.0f}")  # fmt: skip
+                    shown = {"loss": f"{summary['loss']:.3f}", "ppl": f"{summary['ppl']:.1f}",
+                             "lr": f"{stats['lr']:.2e}", "gnorm": f"{summary['gnorm']:.2f}",
+                             "tok_s": f"{summary['tokens_per_s']:.0f}"}  # fmt: skip
+                    if self.precision.dynamic:
+                        shown["scale"] = f"{self.precision.scale:g}"
+                    bar.set_postfix(shown)
                     self._log(logger, "train", summary)
                     window = Window()
                 if opt.validate_interval_updates and self.update % opt.validate_interval_updates == 0 and not last:

@@ -1,9 +1,10 @@
-"""Real torch.distributed: two gloo processes under torchrun at batch b equal one process at batch 2b."""
+"""Real torch.distributed: two gloo processes under torchrun (DDP or FSDP, with accumulation) equal one process."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from linformer_pt.training.checkpoint import load_checkpoint
@@ -14,7 +15,8 @@ def train_records(run_dir: Path) -> list:
     return [json.loads(line) for line in lines if '"train"' in line]
 
 
-def test_two_processes_match_one_process_at_double_batch(cache_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_at_double_batch(backend, cache_dir, tmp_path):
     common = [
         "experiment=smoke", f"dataset.cache_dir={cache_dir}", "logging.tensorboard=false",
         "logging.progress_bar=false", "model.dropout=0", "model.attention_dropout=0", "optimization.max_update=4",
@@ -28,7 +30,8 @@ def test_two_processes_match_one_process_at_double_batch(cache_dir, tmp_path):
     assert one.returncode == 0, one.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     two = subprocess.run(
-        [*torchrun, *module, *common, "dataset.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}"],
+        [*torchrun, *module, *common, f"trainer.distributed_backend={backend}",
+         "optimization.update_freq=2", "dataset.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr
