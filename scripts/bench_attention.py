@@ -2,7 +2,6 @@
 Like the Linformer paper's Table 3. Run: .venv/bin/python scripts/bench_attention.py [--n 512 1024 --k 64 ...] (--help)
 """
 import argparse
-import csv
 import json
 import math
 import platform
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from linformer_pt.modules.attention import AttentionSpec, LinformerSelfAttention, StandardSelfAttention
 from linformer_pt.modules.encoder import EncoderLayer
-from benchlib import cpu_model, fmt, run_point  # noqa: E402  (scripts/ is on sys.path)
+from benchlib import cpu_model, fmt, run_point, write_results  # noqa: E402  (scripts/ is on sys.path)
 
 BATCH, EMBED_DIM, HEADS, FFN_DIM = 1, 256, 4, 1024
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -192,16 +191,6 @@ def print_tables(rows: List[Dict], settings: str) -> None:
         print(f"missing: {r['scope']} n={r['n']} {r['variant']}: {r['error']}")
 
 
-def write_results(rows: List[Dict], env: Dict, settings: Dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.json", "w") as f:
-        json.dump({"environment": env, "settings": settings, "results": rows}, f, indent=2)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(rows: List[Dict], path: Path) -> None:
     try:
         import matplotlib
@@ -261,7 +250,7 @@ def main() -> None:
     settings = {"batch": BATCH, "embed_dim": EMBED_DIM, "heads": HEADS, "ffn_dim": FFN_DIM, "dropout": 0.0}
     settings.update(device=args.device, dtype=args.dtype, sharing=args.sharing)
     print_tables(rows, ", ".join(f"{key}={value}" for key, value in settings.items()))
-    write_results(rows, env, settings, args.out)
+    write_results(rows, env, settings, args.out, CSV_KEYS)
     plot(rows, args.out / "plot.png")
     print(f"results: {args.out / 'results.json'}, {args.out / 'results.csv'}")
 

@@ -2,7 +2,6 @@
 Run: .venv/bin/python scripts/bench_train.py [--n 256 512 --precision fp32 bf16 --steps 8 --threads 4 ...] (--help)
 """
 import argparse
-import csv
 import importlib.metadata
 import importlib.util
 import json
@@ -20,7 +19,7 @@ import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
 from linformer_pt.config import TrainConfig, load_config
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.trainer import Trainer
-from benchlib import cpu_model, fmt, run_point  # noqa: E402  (scripts/ is on sys.path)
+from benchlib import cpu_model, fmt, run_point, write_results  # noqa: E402  (scripts/ is on sys.path)
 
 VARIANTS = ("linformer", "standard", "transformers")
 PRECISIONS = ("fp32", "bf16")
@@ -159,16 +158,6 @@ def print_tables(rows: List[Dict], settings: str) -> None:
         print(f"missing: {r['precision']} n={r['n']} {r['variant']}: {r['error']}")
 
 
-def write_results(rows: List[Dict], env: Dict, settings: Dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.json", "w") as f:
-        json.dump({"environment": env, "settings": settings, "results": rows}, f, indent=2)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_KEYS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(rows: List[Dict], path: Path) -> None:
     import matplotlib
 
@@ -228,7 +217,7 @@ def main() -> None:
     settings = {"layers": 4, "embed_dim": 256, "heads": 4, "ffn_dim": 1024, "vocab": args.vocab, "k": args.k}
     settings.update(tokens_per_batch=args.tokens_per_batch, steps=args.steps, warmup=WARMUP_STEPS, dropout=0.1)
     print_tables(rows, ", ".join(f"{key}={value}" for key, value in settings.items()))
-    write_results(rows, env, settings, args.out)
+    write_results(rows, env, settings, args.out, CSV_KEYS)
     plot(rows, args.out / "tokens_per_s.png")
     print(f"results: {args.out / 'results.json'}, {args.out / 'results.csv'}")
 

@@ -1,10 +1,11 @@
-"""What the benchmark scripts share: one measurement per fresh subprocess, the CPU's name, table cells."""
+"""What the benchmark scripts share: one measurement per fresh subprocess, the CPU's name, table cells, result files."""
+import csv
 import json
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 
 def run_point(script: str, point: Dict, timeout: float) -> Dict:
@@ -32,3 +33,14 @@ def cpu_model() -> str:
 def fmt(value: Optional[float], spec: str) -> str:
     """A table cell: the formatted value, or a dash for a missing one."""
     return "—" if value is None else format(value, spec)
+
+
+def write_results(rows: List[Dict], env: Dict, settings: Dict, out: Path, csv_keys: Sequence[str]) -> None:
+    """results.json (environment, settings, rows) and results.csv (the `csv_keys` columns) under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.json", "w") as f:
+        json.dump({"environment": env, "settings": settings, "results": rows}, f, indent=2)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(csv_keys), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
