@@ -18,7 +18,7 @@ def group_options(group: str) -> list:
 
 
 @pytest.mark.parametrize(
-    "group", ["model", "task", "dataset", "optim", "lr_scheduler", "experiment"]
+    "group", ["model", "task", "dataset", "optim", "lr_scheduler", "logger", "experiment"]
 )
 def test_every_group_option_composes_and_validates(group):
     options = group_options(group)
@@ -94,3 +94,8 @@ def test_unknown_keys_and_types_are_rejected_on_composition():
 def test_registry_lists_known_names():
     with pytest.raises(UserError, match="known: linformer_roberta"):
         MODELS.get("bert")
+
+
+def test_logger_group_switches_wandb_on():
+    assert load_config(compose_config(["logger=wandb"])).logging.wandb is True
+    assert load_config(compose_config([])).logging.wandb is False

@@ -17,6 +17,7 @@ import linformer_pt.tasks  # noqa: F401  (registers tasks)
 import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
 from linformer_pt.config import TrainConfig, load_config
 from linformer_pt.cli.common import check_group_options, one_line_errors
+from linformer_pt.errors import UserError
 from linformer_pt.models.loading import load_weights, read_checkpoint
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
@@ -47,7 +48,9 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
     say = print if dist.is_main else (lambda *args, **kwargs: None)
     model = MODELS.get(config.model.name).cls.build(config.model, task)
     if config.checkpoint.init_from:
-        load_weights(model, read_checkpoint(config.checkpoint.init_from))
+        checkpoint = read_checkpoint(config.checkpoint.init_from)
+        check_same_tokenizer(checkpoint, task.provenance()["tokenizer_sha256"], config.checkpoint.init_from)
+        load_weights(model, checkpoint)
         say(f"initialised from {config.checkpoint.init_from}", flush=True)
     say(f"output folder: {output_dir}", flush=True)
     params = sum(p.numel() for p in model.parameters())
@@ -65,6 +68,16 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
     return summary
 
 
+def check_same_tokenizer(checkpoint: Dict[str, Any], tokenizer_sha256: str, path: str) -> None:
+    """Token ids only mean something with the tokenizer that made them: refuse another one."""
+    saved = checkpoint.get("provenance", {}).get("tokenizer_sha256")
+    if saved and saved != tokenizer_sha256:
+        raise UserError(
+            f"checkpoint.init_from={path} was trained with another tokenizer (sha256 {saved[:12]}, this run's: "
+            f"{tokenizer_sha256[:12]}); give tokenizer.path=<the tokenizer.json in that run's output folder>"
+        )
+
+
 @hydra.main(version_base="1.3", config_path="pkg://linformer_pt.configs", config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     with one_line_errors("linformer-train"):
@@ -72,7 +85,7 @@ def hydra_main(cfg: DictConfig) -> float:
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise
 
 
-CONFIG_GROUPS = ("model", "task", "dataset", "optim", "lr_scheduler", "experiment")
+CONFIG_GROUPS = ("model", "task", "dataset", "optim", "lr_scheduler", "logger", "experiment")
 
 
 def torchrun_overrides(argv: List[str]) -> List[str]:

@@ -4,6 +4,7 @@ Only the main process logs; the others get a disabled logger. Also: the peak FLO
 """
 import json
 import math
+import secrets
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -75,7 +76,7 @@ def start_wandb(output_dir: Path, cfg: Any) -> Optional[Any]:
     except ImportError:
         raise UserError("logging.wandb=true needs wandb: pip install 'linformer-pt[wandb]'") from None
     id_file = output_dir / "wandb_run_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)  # wandb's own id length
     id_file.write_text(run_id)
     return wandb.init(
         project=cfg.logging.wandb_project, id=run_id, resume="allow", dir=str(output_dir),

@@ -5,6 +5,7 @@ rebuilt from (seed, epoch, index), which is what makes a resumed run match an un
 """
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -227,6 +228,9 @@ class Trainer:
         """Train until max_update, max_epoch or the time budget; validate at the start, every N updates, at the end."""
         opt, log_cfg = self.cfg.optimization, self.cfg.logging
         logger = MetricsLogger(self.output_dir, self.cfg, enabled=self.dist.is_main)
+        if self.dist.is_main and hasattr(self.task, "tokenizer_path"):
+            # The run folder is self-contained: its checkpoints' token ids are read with this tokenizer.
+            shutil.copy(self.task.tokenizer_path, self.output_dir / "tokenizer.json")
         first_valid = dict(self.validate())
         self._log(logger, "valid", first_valid)
         batches = self.train_iterator.forever()

@@ -58,6 +58,10 @@ def test_init_from_a_checkpoint_at_a_longer_max_positions(tiny_overrides, tmp_pa
     # Trained weights (resized from 64 to 128 positions) start far better than a fresh model.
     assert second["first_valid"]["loss"] < fresh["first_valid"]["loss"] - 0.3
     assert load_checkpoint(second["checkpoint"])["model"]["embed_positions.weight"].shape[0] == 128
+    assert (tmp_path / "first" / "tokenizer.json").is_file()  # the run folder carries its tokenizer
+    other_tokenizer = tiny_overrides + [f"checkpoint.init_from={first['checkpoint']}", "tokenizer.vocab_size=1500"]
+    with pytest.raises(UserError, match="was trained with another tokenizer"):
+        run(compose_config(other_tokenizer), tmp_path / "third")
 
 
 def test_init_from_weights_that_do_not_fit_is_one_line(tiny_overrides, tmp_path):
