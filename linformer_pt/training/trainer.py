@@ -83,6 +83,7 @@ class Trainer:
         self.last_valid: Dict[str, float] = {}
         self.start_time = time.perf_counter()
         self.peak_tflops = t.peak_tflops or peak_tflops(self.device)
+        self.provenance = provenance(task.provenance())  # hashes and git revision: once, not at every save
 
     # ---- one update -------------------------------------------------------------------------------------
     def _to_device(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -212,7 +213,7 @@ class Trainer:
             "rng": rng_states(),
             "cfg": asdict(self.cfg),
             "model_args": {"vocab_size": self.task.vocab_size, "pad_id": self.task.pad_id},
-            "provenance": provenance(self.task.provenance()),
+            "provenance": self.provenance,
         }
 
     def save(self, name: str = CHECKPOINT_LAST) -> Path:
