@@ -26,7 +26,7 @@ setup(
         "torch>=2.3",
         "hydra-core>=1.3.2,<1.4",
         "omegaconf>=2.3,<2.4",
-        "datasets>=2.14",
+        "datasets>=2.16",
         "tokenizers>=0.15",
         "safetensors>=0.4",
         "numpy>=1.24",

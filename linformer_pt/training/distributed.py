@@ -64,7 +64,11 @@ def wrap_model(model: nn.Module, info: DistributedInfo, backend: str = "ddp") ->
     device = model_device(model)
     if backend == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # torch < 2.6 kept FSDP2 under a private name
+            from torch.distributed._composable.fsdp import fully_shard
 
         from linformer_pt.modules.encoder import EncoderLayer
 
