@@ -21,7 +21,7 @@ setup(
     # The top-level configs/ folder is the package linformer_pt.configs, so that Hydra finds it
     # through pkg:// from an editable checkout, a wheel, or the Docker image alike.
     package_dir={"linformer_pt.configs": "configs"},
-    package_data={"linformer_pt.configs": ["*.yaml", "*/*.yaml"]},
+    package_data={"linformer_pt.configs": ["*.yaml", "*/*.yaml", "*/*/*.yaml"]},
     install_requires=[
         "torch>=2.3",
         "hydra-core>=1.3.2,<1.4",

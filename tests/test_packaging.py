@@ -40,4 +40,8 @@ def test_wheel_ships_configs_and_composes(tmp_path):
     assert result.returncode == 0, result.stderr
     installed_at, values = result.stdout.split("\n")[:2]
     assert installed_at.startswith(str(target))
+    configs = target / "linformer_pt" / "configs"
+    shipped = sorted(str(p.relative_to(configs)) for p in configs.rglob("*.yaml"))
+    expected = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml"))
+    assert shipped == expected  # every config group, nested ones (hydra/launcher) included
     assert values == "16 20"  # experiment=smoke overrides the base preset's k and max_update
