@@ -122,8 +122,28 @@ class TrainerConfig:
 @dataclass
 class CheckpointConfig:
     save_dir: str = "checkpoints"  # relative to the run's output folder
-    save_interval_updates: int = 0  # 0: save only at the end
-    init_from: Optional[str] = None  # start from these weights (resized if model.max_positions differs)
+    save_interval_updates: int = 0  # also write checkpoint_<update>.pt every N updates; 0: off
+    save_interval_minutes: float = 30.0  # write checkpoint_last.pt at least this often; 0: off
+    keep_last: int = 2  # numbered checkpoints kept (older ones removed); 0: keep all
+    keep_best: bool = True  # write checkpoint_best.pt at the lowest validation loss
+    async_save: bool = True  # write in a background thread (training waits only for the copy to CPU memory)
+    auto_resume: bool = True  # continue from <save_dir>/checkpoint_last.pt of the run folder when it exists
+    restore_file: Optional[str] = None  # resume from this checkpoint (full state)
+    reset_optimizer: bool = False  # resume with a fresh optimizer state
+    reset_lr_scheduler: bool = False  # resume with the schedule's configured base learning rates
+    reset_dataloader: bool = False  # resume at the start of the data (allows another global batch)
+    reset_meters: bool = False  # forget the best validation loss
+    init_from: Optional[str] = None  # start from these weights only (resized if model.max_positions differs)
+
+    def __post_init__(self) -> None:
+        check(bool(self.save_dir), "checkpoint.save_dir must not be empty")
+        check(self.save_interval_updates >= 0, f"checkpoint.save_interval_updates={self.save_interval_updates} must be >= 0")
+        check(self.save_interval_minutes >= 0, f"checkpoint.save_interval_minutes={self.save_interval_minutes} must be >= 0")
+        check(self.keep_last >= 0, f"checkpoint.keep_last={self.keep_last} must be >= 0")
+        check(
+            not (self.restore_file and self.init_from),
+            "checkpoint.restore_file (resume a run) and checkpoint.init_from (weights only) exclude each other",
+        )
 
 
 @dataclass
