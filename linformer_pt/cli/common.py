@@ -5,7 +5,7 @@ import sys
 from importlib import resources
 from typing import Iterator, List, Sequence
 
-from linformer_pt.errors import UserError
+from linformer_pt.errors import RunInterrupted, UserError
 
 
 @contextlib.contextmanager
@@ -16,6 +16,9 @@ def one_line_errors(prog: str) -> Iterator[None]:
     except (UserError, FloatingPointError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as stop:  # a checkpoint was written; the status tells a scheduler to requeue
+        print(f"{prog}: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 def unknown_group_option(argv: List[str], groups: Sequence[str]) -> str:
