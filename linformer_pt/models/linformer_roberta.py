@@ -164,6 +164,7 @@ def forward_flops(cfg: LinformerRobertaConfig, vocab_size: int, n: int, masked: 
 
     Counts what this implementation computes: Linformer's projections and n x k attention, the K/V maps on k rows
     where the sequence is projected first, and the LM head at masked positions only. Training is about 3x this.
+    Pooling and conv windows are sums, not matmuls: they count 0, as in PyTorch's FlopCounterMode.
     """
     d, f = cfg.embed_dim, cfg.ffn_embed_dim
     total = 2.0 * masked * (d * d + d * vocab_size)
@@ -172,10 +173,20 @@ def forward_flops(cfg: LinformerRobertaConfig, vocab_size: int, n: int, masked: 
         if cfg.attention == "standard" or cfg.projection == "identity":
             total += 4.0 * n * d * d + 4.0 * n * n * d
             continue
-        total += 4.0 * n * k * d  # softmax(Q K'^T) V' over k rows
-        project = 2.0 * k * n * d if cfg.projection == "linear" else 2.0 * n * d  # E X, or a window sum
-        if cfg.sharing == "none" or cfg.projection == "max_pool":
-            total += 4.0 * n * d * d + 2 * project  # K/V maps on all n rows, then E and F
-        else:
-            total += 4.0 * k * d * d + project * (1 if cfg.sharing in ("kv", "layerwise") else 2)
+        total += 4.0 * n * k * d + _kv_flops(cfg, n, k)  # softmax(Q K'^T) V' over k rows
     return total
+
+
+def _kv_flops(cfg: LinformerRobertaConfig, n: int, k: int) -> float:
+    """K/V maps and sequence projections of one Linformer layer, following LinformerSelfAttention's two paths."""
+    d = cfg.embed_dim
+    learned = cfg.projection == "linear"
+    # Attention projects the sequence first when the projection is linear in X and has no per-head weights:
+    # pooling never has per-head weights, so mean_pool projects first even with sharing=none.
+    per_head = cfg.sharing == "none" and cfg.projection in ("linear", "conv")
+    if cfg.projection == "max_pool" or per_head:
+        return 4.0 * n * d * d + (2 * 2.0 * k * n * d if learned else 0.0)  # K/V maps on n rows, then E and F
+    projections = 1 if cfg.sharing in ("kv", "layerwise") else 2
+    # E X, plus E 1 for the bias term (fairseq_compat adds the bias once per projected row instead).
+    project = (2.0 * k * n * d + (0.0 if cfg.fairseq_compat else 2.0 * k * n)) if learned else 0.0
+    return 4.0 * k * d * d + projections * project

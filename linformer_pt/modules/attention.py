@@ -23,7 +23,7 @@ class AttentionSpec:
     projection: str = "linear"  # linear | mean_pool | max_pool | conv | identity
     projection_init: str = "xavier"
     dropout: float = 0.0  # on attention probabilities
-    fairseq_compat: bool = False  # ignore the padding mask in projections, as fairseq's Linformer does
+    fairseq_compat: bool = False  # fairseq's arithmetic: padding mask ignored, K/V bias added after projecting
 
 
 class _MultiHeadBase(nn.Module):
@@ -90,7 +90,8 @@ class LinformerSelfAttention(_MultiHeadBase):
         if e is None:
             raise ValueError("layerwise sharing needs the encoder's shared projection")
         f = self.proj_f or e
-        keep = None if padding_mask is None or self.fairseq_compat else (~padding_mask).to(x.dtype)
+        # A boolean keep: in a bf16/fp16 model a float one would round the window lengths it is summed into.
+        keep = None if padding_mask is None or self.fairseq_compat else ~padding_mask
         q = self.split_heads(self.q_proj(x))
         if e.linear and not e.per_head:
             k, v = self._project_first(x, keep, e, f)
@@ -102,7 +103,14 @@ class LinformerSelfAttention(_MultiHeadBase):
     def _project_first(
         self, x: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection
     ) -> Tuple[Tensor, Tensor]:
-        """K = E(m*(X W_K + b_K)) computed as E(m*X) W_K + E(m) b_K: the K/V maps then run on k rows, not n."""
+        """K = E(m*(X W_K + b_K)) computed as E(m*X) W_K + E(m) b_K: the K/V maps then run on k rows, not n.
+
+        fairseq_compat computes fairseq's k_proj(E X) = (E X) W_K + b_K instead: the bias once per projected row.
+        """
+        if self.fairseq_compat:
+            ex = e(x, keep)
+            fx = ex if f is e else f(x, keep)
+            return self.split_heads(self.k_proj(ex)), self.split_heads(self.v_proj(fx))
         ones = x.new_ones(x.shape[0], x.shape[1], 1)
         ex, e1 = e(x, keep), e(ones, keep)
         fx, f1 = (ex, e1) if f is e else (f(x, keep), f(ones, keep))

@@ -1,8 +1,9 @@
 """Sequence-axis projections n -> k (Linformer's E and F): learned linear, mean/max pooling, strided conv, identity.
 
-Every projection maps (..., n, C) to (..., k, C) and ignores padded positions: `keep` (B, n) is 1 at real
-positions and 0 at padding, which must be on the right. Inputs shorter than max_positions use the first n rows
-of a learned E; pooling and conv windows adapt to each sample's real length, so padding never changes them.
+Every projection maps (..., n, C) to (..., k, C) and ignores padded positions: `keep` (B, n) is True (or 1) at
+real positions and False (or 0) at padding, which must be on the right. Inputs shorter than max_positions use the
+first n rows of a learned E; pooling and conv windows adapt to each sample's real length, so padding never changes
+them.
 """
 import math
 from typing import Callable, Optional
@@ -15,6 +16,12 @@ from linformer_pt.errors import UserError
 
 PROJECTIONS = ("linear", "mean_pool", "max_pool", "conv", "identity")
 PROJECTION_INITS = ("xavier", "normal")
+
+
+def _masked(x: Tensor, keep: Tensor, per_head: bool = False) -> Tensor:
+    """x with padded positions set to zero (masked_fill, so non-finite padding cannot leak in as NaN)."""
+    pad = keep == 0
+    return x.masked_fill(pad[:, None, :, None] if per_head else pad[:, :, None], 0.0)
 
 
 class SequenceProjection(nn.Module):
@@ -61,7 +68,7 @@ class LinearProjection(SequenceProjection):
     def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
         """x (B, n, C) -> (B, k, C); per head: (B, heads, n, dh) -> (B, heads, k, dh)."""
         if keep is not None:
-            x = x * (keep[:, None, :, None] if self.per_head else keep[:, :, None])
+            x = _masked(x, keep, self.per_head)
         return self.matrix(x.shape[-2]).transpose(-1, -2).to(x.dtype) @ x
 
 
@@ -70,7 +77,7 @@ class IdentityProjection(SequenceProjection):
 
     def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
         self.check_length(x.shape[-2])
-        return x if keep is None else x * keep[:, :, None]
+        return x if keep is None else _masked(x, keep)
 
     def projected_padding_mask(self, padding_mask: Optional[Tensor], n: int, device: torch.device) -> Optional[Tensor]:
         return padding_mask
@@ -84,7 +91,8 @@ class WindowProjection(SequenceProjection):
         self.check_length(n)
         if keep is None:
             return self.windows(x, n)
-        lengths = keep.sum(1).long()
+        # Count on a boolean: summing a bf16 keep rounds 299 and 301 both to 300 (8 significant bits).
+        lengths = (keep != 0).sum(1)
         out = x.new_empty(*x.shape[:-2], self.k, x.shape[-1])
         # Samples of equal length share one call; a packed batch has few distinct lengths.
         for length in torch.unique(lengths).tolist():

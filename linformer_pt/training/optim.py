@@ -88,7 +88,7 @@ def build_lamb(cfg: AdamConfig, model: nn.Module) -> torch.optim.Optimizer:
 @dataclass
 class ScheduleConfig:
     name: str = "polynomial_decay"
-    warmup_updates: int = 0  # linear warmup from ~0 to optim.lr
+    warmup_updates: int = 0  # linear warmup: lr 0 at update 0, optim.lr at update warmup_updates
     total_num_update: int = 0  # 0: optimization.max_update
     end_learning_rate: float = 0.0  # polynomial_decay / linear: final lr; cosine: minimum lr
     power: float = 1.0  # polynomial_decay only
@@ -98,10 +98,21 @@ class ScheduleConfig:
         check(self.total_num_update >= 0, f"lr_scheduler.total_num_update={self.total_num_update} must be >= 0")
         check(self.end_learning_rate >= 0, f"lr_scheduler.end_learning_rate={self.end_learning_rate} must be >= 0")
         check(self.power > 0, f"lr_scheduler.power={self.power} must be > 0")
+        check(  # lr * sqrt(warmup / update) is defined by its warmup
+            self.name != "inverse_sqrt" or self.warmup_updates > 0,
+            f"lr_scheduler.warmup_updates={self.warmup_updates} must be > 0 for lr_scheduler=inverse_sqrt",
+        )
 
 
 class Schedule:
-    """Sets the optimizer's learning rates for each update: warmup, then `decay(progress, base_lr)`."""
+    """Sets the optimizer's learning rates for each update: linear warmup, then `after_warmup(update, base_lr)`.
+
+    `step(u)` sets the learning rate of update u (0-based: u updates are already done), which is what fairseq's
+    scheduler sets with step_update(u). fairseq's trainer calls step_update(0) as soon as the scheduler is built
+    (replacing the lr / warmup_updates its __init__ sets) and step_update(u + 1) after update u, so update u runs
+    at step_update(u). Warmup is therefore lr * u / warmup_updates for u < warmup_updates: the first update runs at
+    lr 0 (Adam's moments still take its gradient, as in fairseq) and update warmup_updates at the full lr.
+    """
 
     def __init__(self, cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, max_update: int) -> None:
         self.cfg, self.optimizer = cfg, optimizer
@@ -113,7 +124,7 @@ class Schedule:
         """Learning rate for the update numbered `update` (0-based)."""
         warmup = self.cfg.warmup_updates
         if update < warmup:
-            return base_lr * (update + 1) / (warmup + 1)
+            return base_lr * update / warmup
         return self.after_warmup(update, base_lr)
 
     def after_warmup(self, update: int, base_lr: float) -> float:
@@ -142,7 +153,7 @@ def schedule(name: str) -> Callable[[type], type]:
 
 @schedule("polynomial_decay")
 class PolynomialDecay(Schedule):
-    """RoBERTa's: (lr - end) * (1 - progress)^power + end."""
+    """RoBERTa's (fairseq's polynomial_decay): (lr - end) * (1 - progress)^power + end, end from total_num_update."""
 
     def after_warmup(self, update: int, base_lr: float) -> float:
         end = self.cfg.end_learning_rate
@@ -169,11 +180,10 @@ class CosineDecay(Schedule):
 
 @schedule("inverse_sqrt")
 class InverseSqrt(Schedule):
-    """lr * sqrt(warmup / update) after warmup (the Transformer's schedule; needs warmup_updates > 0)."""
+    """lr * sqrt(warmup / update) after warmup: fairseq's inverse_sqrt with its default warmup_init_lr of 0."""
 
     def after_warmup(self, update: int, base_lr: float) -> float:
-        warmup = max(1, self.cfg.warmup_updates)
-        return base_lr * math.sqrt(warmup / (update + 1))
+        return base_lr * math.sqrt(self.cfg.warmup_updates) / math.sqrt(update)  # update >= warmup_updates > 0
 
 
 @schedule("constant")

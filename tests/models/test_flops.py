@@ -1,20 +1,25 @@
 """The FLOP count behind MFU agrees with PyTorch's own counter on the real forward pass."""
+import itertools
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
+from linformer_pt.modules.attention import SHARING_SCHEMES
+from linformer_pt.modules.projections import PROJECTIONS
+
+CASES = [("linformer", s, p, False) for s, p in itertools.product(SHARING_SCHEMES, PROJECTIONS)]
+CASES += [("linformer", sharing, "linear", True) for sharing in ("headwise", "kv", "layerwise")]  # fairseq_compat
+CASES += [("standard", "headwise", "linear", False)]
 
 
-@pytest.mark.parametrize(
-    "attention, sharing, projection",
-    [("linformer", "headwise", "linear"), ("linformer", "kv", "linear"), ("linformer", "none", "linear"),
-     ("linformer", "layerwise", "linear"), ("standard", "headwise", "linear")],
-)  # fmt: skip
-def test_forward_flops_match_pytorchs_counter(attention, sharing, projection):
+@pytest.mark.parametrize("attention, sharing, projection, fairseq_compat", CASES)
+def test_forward_flops_match_pytorchs_counter(attention, sharing, projection, fairseq_compat):
     cfg = LinformerRobertaConfig(layers=2, embed_dim=64, ffn_embed_dim=256, heads=4, max_positions=128, k=16,
-                                 attention=attention, sharing=sharing, projection=projection)  # fmt: skip
+                                 attention=attention, sharing=sharing, projection=projection,
+                                 fairseq_compat=fairseq_compat)  # fmt: skip
     model = LinformerRoberta(cfg, vocab_size=500, padding_idx=1).eval()
     tokens = torch.randint(5, 500, (1, 128))
     masked = torch.zeros_like(tokens, dtype=torch.bool)
@@ -23,4 +28,5 @@ def test_forward_flops_match_pytorchs_counter(attention, sharing, projection):
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         model(tokens, None, masked)
     counted = counter.get_total_flops()
-    assert model.forward_flops(128, int(masked.sum())) == pytest.approx(counted, rel=0.02)
+    # Exact: the count follows the code path (project first or not) that each scheme takes.
+    assert model.forward_flops(128, int(masked.sum())) == pytest.approx(counted, rel=1e-9)

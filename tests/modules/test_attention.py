@@ -93,7 +93,7 @@ def test_projecting_the_sequence_first_equals_projecting_keys_first(sharing, pro
     mask = torch.zeros(3, 9, dtype=torch.bool)
     mask[1, 6:] = True
     mask[2, 2:] = True
-    keep = (~mask).double()
+    keep = ~mask
     k, v = attn._project_first(x, keep, e, f)
     k_after, v_after = attn._project_after(x, keep, e, f)  # the textbook order: K = X W_K + b, then E
     torch.testing.assert_close(k, k_after, atol=1e-10, rtol=0)
