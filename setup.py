@@ -36,7 +36,8 @@ setup(
     extras_require={
         "wandb": ["wandb>=0.16"],
         "plot": ["matplotlib>=3.7"],
-        "dev": ["pytest>=7.4", "matplotlib>=3.7", "wandb>=0.16"],
+        "slurm": ["hydra-submitit-launcher>=1.2"],
+        "dev": ["pytest>=7.4", "matplotlib>=3.7", "wandb>=0.16", "hydra-submitit-launcher>=1.2"],
     },
     entry_points={
         "console_scripts": [

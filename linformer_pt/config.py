@@ -2,13 +2,16 @@
 
 Polymorphic sections (model, task, optim, lr_scheduler) are chosen by `name` through the registries.
 """
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from linformer_pt.errors import UserError
+from linformer_pt.registry import build_dataclass, unknown_key
 
 
 def check(condition: bool, message: str) -> None:
@@ -22,6 +25,32 @@ def check_choice(key: str, value: Any, allowed: List[str]) -> None:
     check(value in allowed, f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
+def check_text(key: str, value: Any, allow_empty: bool = False) -> None:
+    """A name or path: a string without surrounding whitespace (a quoting slip), non-empty unless allowed."""
+    check(isinstance(value, str), f"{key}={value!r} must be a string")
+    check(value == value.strip(), f"{key}={value!r} has leading or trailing whitespace")
+    check(allow_empty or bool(value), f"{key} must not be empty")
+
+
+def check_texts(key: str, values: Any) -> None:
+    """A list of names or paths, each a non-empty string without surrounding whitespace."""
+    check(isinstance(values, list), f"{key}={values!r} must be a list, e.g. {key}=[a.txt,b.txt]")
+    for value in values:
+        check_text(key, value)
+
+
+def check_device(key: str, device: str) -> None:
+    """Say in one line when a requested CUDA device does not exist here (torch would fail deep in the run)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    check(torch.cuda.is_available(), f"{key}={device} but CUDA is not available on this machine; use auto or cpu")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    check(index < count, f"{key}={device} but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+
+
 @dataclass
 class CommonConfig:
     seed: int = 1
@@ -29,18 +58,31 @@ class CommonConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:
+        check(0 <= self.seed < 2**32, f"common.seed={self.seed} must be in [0, 2**32)")  # numpy's seed range
         check(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(self.device)) is not None,
             f"common.device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N",
         )
         check(self.threads >= 0, f"common.threads={self.threads} must be >= 0")
 
 
+def _path_list(value: Any) -> Any:
+    """A single path given without brackets as a one-item list; numbers as strings, as List[str] would make them."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+    return value  # anything else is reported by the checks below
+
+
 @dataclass
 class DatasetConfig:
     name: str = "default"  # default (embedded corpus) | text (your files) | hf (a `datasets` dataset) | shards
-    train_files: List[str] = field(default_factory=list)  # files, folders or globs: .txt .jsonl .csv .tsv .parquet
-    valid_files: List[str] = field(default_factory=list)
+    # Files, folders or globs (.txt .jsonl .csv .tsv .parquet ...); one path alone may be given without brackets.
+    # Typed Any, not List[str]: OmegaConf would reject `dataset.train_files=books.txt` before __post_init__ runs.
+    train_files: Any = field(default_factory=list)
+    valid_files: Any = field(default_factory=list)
+    file_glob: str = "*"  # folders give the files whose name matches it (and has a supported suffix)
     text_field: str = "text"  # the field holding the text in JSONL/CSV/parquet/hf records
     encoding_errors: str = "strict"  # strict: invalid UTF-8 stops with file and byte offset | replace
     hf_name: str = ""  # a hub name (online) or a local dataset folder
@@ -56,7 +98,12 @@ class DatasetConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        self.train_files, self.valid_files = _path_list(self.train_files), _path_list(self.valid_files)
         check_choice("dataset.name", self.name, ["default", "text", "hf", "shards"])
+        check(
+            isinstance(self.file_glob, str) and bool(self.file_glob) and "/" not in self.file_glob,
+            f"dataset.file_glob={self.file_glob!r} must be a file name pattern such as *.txt (no folders)",
+        )
         check(
             self.name != "text" or len(self.train_files) > 0,
             "dataset=text needs dataset.train_files=[path,...] (files, folders or globs)",
@@ -64,6 +111,15 @@ class DatasetConfig:
         check(self.name != "hf" or bool(self.hf_name), "dataset=hf needs dataset.hf_name=<hub name or local folder>")
         check(self.name != "shards" or bool(self.path), "dataset=shards needs dataset.path=<linformer-preprocess folder>")
         check_choice("dataset.encoding_errors", self.encoding_errors, ["strict", "replace"])
+        check_texts("dataset.train_files", self.train_files)
+        check_texts("dataset.valid_files", self.valid_files)
+        check_text("dataset.text_field", self.text_field)
+        check_text("dataset.hf_name", self.hf_name, allow_empty=True)
+        check_text("dataset.hf_config", self.hf_config, allow_empty=True)
+        check_text("dataset.hf_train_split", self.hf_train_split)
+        check_text("dataset.hf_valid_split", self.hf_valid_split, allow_empty=True)  # "": hold out valid_fraction
+        check_text("dataset.path", self.path, allow_empty=True)
+        check_text("dataset.cache_dir", self.cache_dir)
         check(
             not self.streaming or (self.name == "text" and len(self.valid_files) > 0),
             "dataset.streaming=true needs dataset=text with dataset.valid_files (a stream has no held-out split)",
@@ -82,6 +138,10 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         check(self.vocab_size >= 300, f"tokenizer.vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)")
+        check(self.min_frequency >= 0, f"tokenizer.min_frequency={self.min_frequency} must be >= 0")
+        if self.path is not None:
+            check_text("tokenizer.path", self.path)
+            check(Path(self.path).expanduser().is_file(), f"tokenizer.path: no such file: {self.path}")
 
 
 @dataclass
@@ -99,6 +159,10 @@ class OptimizationConfig:
         check(self.max_epoch >= 0, f"optimization.max_epoch={self.max_epoch} must be >= 0")
         check(self.update_freq >= 1, f"optimization.update_freq={self.update_freq} must be >= 1")
         check(self.clip_norm >= 0, f"optimization.clip_norm={self.clip_norm} must be >= 0")
+        check(
+            self.validate_interval_updates >= 0,
+            f"optimization.validate_interval_updates={self.validate_interval_updates} must be >= 0",
+        )
 
 
 @dataclass
@@ -116,6 +180,10 @@ class TrainerConfig:
         check_choice("trainer.distributed_backend", self.distributed_backend, ["ddp", "fsdp"])
         check(self.fp16_init_scale > 0, f"trainer.fp16_init_scale={self.fp16_init_scale} must be > 0")
         check(self.fp16_scale_window > 0, f"trainer.fp16_scale_window={self.fp16_scale_window} must be > 0")
+        check(
+            0 < self.fp16_min_scale <= self.fp16_init_scale,
+            f"trainer.fp16_min_scale={self.fp16_min_scale} must be in (0, trainer.fp16_init_scale={self.fp16_init_scale}]",
+        )
         check(self.peak_tflops >= 0, f"trainer.peak_tflops={self.peak_tflops} must be >= 0")
 
 
@@ -136,7 +204,12 @@ class CheckpointConfig:
     init_from: Optional[str] = None  # start from these weights only (resized if model.max_positions differs)
 
     def __post_init__(self) -> None:
-        check(bool(self.save_dir), "checkpoint.save_dir must not be empty")
+        check_text("checkpoint.save_dir", self.save_dir)
+        for key in ("restore_file", "init_from"):  # restore_file is looked up at resume time; "" means none
+            if getattr(self, key) is not None:
+                check_text(f"checkpoint.{key}", getattr(self, key), allow_empty=True)
+        if self.init_from:
+            check(Path(self.init_from).expanduser().is_file(), f"checkpoint.init_from: no such file: {self.init_from}")
         check(self.save_interval_updates >= 0, f"checkpoint.save_interval_updates={self.save_interval_updates} must be >= 0")
         check(self.save_interval_minutes >= 0, f"checkpoint.save_interval_minutes={self.save_interval_minutes} must be >= 0")
         check(self.keep_last >= 0, f"checkpoint.keep_last={self.keep_last} must be >= 0")
@@ -153,6 +226,10 @@ class LoggingConfig:
     tensorboard: bool = True  # scalars under <output>/tensorboard
     wandb: bool = False  # needs `pip install wandb`; WANDB_MODE=offline works without a network
     wandb_project: str = "linformer-pt"
+
+    def __post_init__(self) -> None:
+        check(self.log_interval > 0, f"logging.log_interval={self.log_interval} must be > 0")
+        check_text("logging.wandb_project", self.wandb_project)
 
 
 @dataclass
@@ -184,6 +261,7 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         check(self.shard_tokens > 0, f"shard_tokens={self.shard_tokens} must be > 0")
+        check_text("output", self.output, allow_empty=True)
 
 
 ConfigStore.instance().store(name="preprocess_schema", node=PreprocessConfig)
@@ -192,20 +270,30 @@ ConfigStore.instance().store(name="preprocess_schema", node=PreprocessConfig)
 def load_preprocess_config(cfg: DictConfig) -> PreprocessConfig:
     """A validated PreprocessConfig from a composed DictConfig."""
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    try:
-        return PreprocessConfig(
-            DatasetConfig(**plain["dataset"]), TokenizerConfig(**plain["tokenizer"]), plain["output"],
-            plain["shard_tokens"],
-        )  # fmt: skip
-    except TypeError as err:
-        raise UserError(str(err)) from None
+    check_known_keys(plain, PreprocessConfig)
+    return PreprocessConfig(
+        build_dataclass("dataset", DatasetConfig, plain["dataset"]),
+        build_dataclass("tokenizer", TokenizerConfig, plain["tokenizer"]), plain["output"], plain["shard_tokens"],
+    )  # fmt: skip
 
 
-def load_config(cfg: DictConfig) -> TrainConfig:
-    """Turn a composed DictConfig into a validated TrainConfig of dataclasses (UserError on bad values)."""
+def check_known_keys(plain: dict, cls: type) -> None:
+    """A top-level key the schema lacks (`+modell=...`) is a misspelling, not something to ignore."""
+    known = [f.name for f in fields(cls)]
+    for key in plain:
+        if key not in known:
+            raise UserError(unknown_key(key, known))
+
+
+def load_config(cfg: DictConfig, check_devices: bool = True) -> TrainConfig:
+    """Turn a composed DictConfig into a validated TrainConfig of dataclasses (UserError on bad values).
+
+    check_devices=False skips asking torch whether common.device exists here (jobs sent to another machine).
+    """
     from linformer_pt.registry import LR_SCHEDULERS, MODELS, OPTIMIZERS, TASKS
 
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_known_keys(plain, TrainConfig)
     sections = {
         "common": CommonConfig,
         "dataset": DatasetConfig,
@@ -217,10 +305,9 @@ def load_config(cfg: DictConfig) -> TrainConfig:
     }
     out = {}
     for key, cls in sections.items():
-        try:
-            out[key] = cls(**plain.get(key, {}))
-        except TypeError as err:
-            raise UserError(f"{key}: {err}") from None
+        out[key] = build_dataclass(key, cls, plain.get(key, {}))
+    if check_devices:
+        check_device("common.device", out["common"].device)
     for key, registry in [("task", TASKS), ("model", MODELS), ("optim", OPTIMIZERS), ("lr_scheduler", LR_SCHEDULERS)]:
         out[key] = registry.config(plain[key])
     return TrainConfig(**out)

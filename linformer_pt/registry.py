@@ -1,10 +1,12 @@
 """Name -> (class, config dataclass) registries for models, tasks, optimizers and LR schedulers.
 
-Registering also stores the dataclass in Hydra's ConfigStore as `<group>/<name>_schema`, so YAML presets
-can extend it (`defaults: [linformer_roberta_schema]`) and overrides are type-checked on composition.
+Registering also stores the dataclass in Hydra's ConfigStore as `<group>_<name>_schema` at the top level (not
+in the group, so `--help` lists only real options), so YAML presets can extend it
+(`defaults: [/model_linformer_roberta_schema]`) and overrides are type-checked on composition.
 """
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Type
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Iterable, Type
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +18,24 @@ from linformer_pt.errors import UserError
 class Entry:
     cls: Any
     config_class: Type
+
+
+def unknown_key(full_key: str, known: Iterable[str]) -> str:
+    """One line for a misspelled key: the closest known key, or the known keys when none is close."""
+    known = sorted(known)
+    close = difflib.get_close_matches(full_key.rsplit(".", 1)[-1], known, n=1)
+    if close:
+        return f"unknown key {full_key}; did you mean {close[0]}?"
+    return f"unknown key {full_key}; known: {', '.join(known)}" if known else f"unknown key {full_key}"
+
+
+def build_dataclass(prefix: str, cls: Type, values: Dict[str, Any]) -> Any:
+    """cls(**values), where a key that cls lacks is a UserError naming it (a TypeError would be a traceback)."""
+    known = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in known:
+            raise UserError(unknown_key(f"{prefix}.{key}" if prefix else key, known))
+    return cls(**values)
 
 
 class Registry:
@@ -32,7 +52,7 @@ class Registry:
             if name in self._entries:
                 raise ValueError(f"{self.group} '{name}' is registered twice")
             self._entries[name] = Entry(cls, config)
-            ConfigStore.instance().store(group=self.group, name=f"{name}_schema", node=config)
+            ConfigStore.instance().store(name=schema_name(self.group, name), node=config)
             return cls
 
         return decorator
@@ -43,8 +63,7 @@ class Registry:
     def get(self, name: str) -> Entry:
         """The entry for `name`, or a UserError listing the known names."""
         if name not in self._entries:
-            known = ", ".join(self.names()) or "(none)"
-            raise UserError(f"unknown {self.group} '{name}'; known: {known}")
+            raise UserError(self._unknown(name))
         return self._entries[name]
 
     def config(self, cfg: Any) -> Any:
@@ -53,11 +72,18 @@ class Registry:
             cfg = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(cfg, dict):
             return cfg
-        entry = self.get(cfg.get("name", ""))
-        try:
-            return entry.config_class(**cfg)
-        except TypeError as err:  # an unknown field
-            raise UserError(f"{self.group}: {err}") from None
+        name = cfg.get("name", "")
+        if name not in self._entries:
+            raise UserError(f"{self.group}.name: {self._unknown(name)}")
+        return build_dataclass(self.group, self._entries[name].config_class, cfg)
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown {self.group} '{name}'; known: {', '.join(self.names()) or '(none)'}"
+
+
+def schema_name(group: str, name: str) -> str:
+    """The ConfigStore name of a registered config dataclass, e.g. model_linformer_roberta_schema."""
+    return f"{group}_{name}_schema"
 
 
 MODELS = Registry("model")

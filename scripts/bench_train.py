@@ -51,7 +51,7 @@ def project_step(cfg: TrainConfig, task: Any, output_dir: Path) -> Tuple[Step, I
     torch.manual_seed(cfg.common.seed)
     model = MODELS.get(cfg.model.name).cls.build(cfg.model, task)
     trainer = Trainer(cfg, task, model, output_dir)  # writes nothing until fit()
-    return (lambda batch: trainer.train_step([batch])), trainer.train_iterator.forever()
+    return (lambda batch: trainer.train_step([batch])), (group[0] for group in trainer.train_iterator.forever())
 
 
 def transformers_step(cfg: TrainConfig, task: Any, precision: str) -> Tuple[Step, Iterator]:
@@ -80,7 +80,7 @@ def transformers_step(cfg: TrainConfig, task: Any, precision: str) -> Tuple[Step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step, task.batch_iterator("train").forever()
+    return step, (group[0] for group in task.batch_iterator("train").forever())
 
 
 def time_steps(step: Step, batches: Iterator, steps: int) -> Dict:

@@ -69,3 +69,18 @@ def test_shards_of_another_tokenizer_or_unfinished_are_refused(cache_dir, tmp_pa
         f"linformer-train: error: dataset.path={out} was tokenized with another tokenizer than "
         f"tokenizer.path={tok}; re-run linformer-preprocess with it, or drop tokenizer.path"
     ]
+
+
+def test_preprocess_never_replaces_a_folder_it_did_not_make(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "README.md").write_bytes(b"The project's data folder.\n")
+    refused = cli("linformer-preprocess", "dataset=text", f"dataset.train_files={SHAKESPEARE}", "output=data",
+                  f"dataset.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "linformer-preprocess: error: output=data already holds files and is not a folder this tool built "
+        "(no manifest.json with a spec); refusing to replace it: choose a new or empty folder"
+    ]
+    assert [p.name for p in data.iterdir()] == ["README.md"]
+    assert (data / "README.md").read_bytes() == b"The project's data folder.\n"

@@ -1,11 +1,28 @@
-"""What every command-line entry point shares: one-line errors and early checks of config group options."""
+"""What every command-line entry point shares: one-line errors, and checking the command line before Hydra runs.
+
+Hydra creates the run folder before the task function starts, so bad values are caught here first: the same
+overrides are composed with Hydra's compose API and validated, and Hydra's own errors are reworded as one line.
+"""
 import contextlib
+import itertools
 import re
 import sys
 from importlib import resources
-from typing import Iterator, List, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
+
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from linformer_pt.errors import RunInterrupted, UserError
+from linformer_pt.registry import unknown_key
+
+# Flags after which Hydra prints something instead of running: it handles those command lines itself.
+INFO_FLAGS = {
+    "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion",
+    "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun",
+}  # fmt: skip
+VALUE_FLAGS = {"-c", "--cfg", "-p", "--package"}  # flags whose value is the next argument
+MULTIRUN_FLAGS = {"-m", "--multirun"}
+MAX_CHECKED_JOBS = 256  # a larger sweep has its later jobs validated as each one starts
 
 
 @contextlib.contextmanager
@@ -41,3 +58,113 @@ def check_group_options(prog: str, groups: Sequence[str]) -> None:
     if error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def split_argv(argv: Sequence[str]) -> Tuple[List[str], Set[str]]:
+    """Hydra's command line -> (overrides, flags), dropping the values of flags such as `--cfg job`."""
+    overrides: List[str] = []
+    flags: Set[str] = set()
+    takes_value = False
+    for arg in argv:
+        if takes_value:
+            takes_value = False
+        elif arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            flags.add(flag)
+            takes_value = flag in VALUE_FLAGS and "=" not in arg
+        else:
+            overrides.append(arg)
+    return overrides, flags
+
+
+def override_key(override: str) -> str:
+    """`+optimization.max_update=5` -> `optimization.max_update`."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def compose(config_name: str, overrides: List[str], keep_hydra: bool = False) -> DictConfig:
+    """Compose configs/<config_name>.yaml as the app will; Hydra's errors become one-line UserErrors.
+
+    keep_hydra keeps the `hydra` node (launcher, group choices); its runtime values are only filled in a real run.
+    """
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_module(config_module="linformer_pt.configs", version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except HydraException as err:
+        raise UserError(composition_message(err, config_name, overrides)) from None
+    if not keep_hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def composition_message(err: Exception, config_name: str, overrides: List[str]) -> str:
+    """Hydra's multi-line composition error as one line naming the key (with the closest known key)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = err.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
+        return unknown_key(full_key, known_keys(config_name, overrides, full_key))
+    if full_key:  # a value of the wrong type, e.g. a bool field given `maybe`
+        return f"{full_key}: {str(cause).splitlines()[0]}"
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def known_keys(config_name: str, overrides: List[str], full_key: str) -> List[str]:
+    """The keys next to `full_key` (and config group names at the top level), composed without the bad override."""
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    rest = [o for o in overrides if override_key(o) != full_key]
+    try:
+        cfg = compose(config_name, rest, keep_hydra=True)
+    except UserError:
+        return []
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    keys = [str(k) for k in node.keys() if k != "hydra"] if isinstance(node, DictConfig) else []
+    if not parent:
+        keys += [group for group in cfg.hydra.runtime.choices if not group.startswith("hydra")]
+    return sorted(set(keys))
+
+
+def sweep_jobs(overrides: List[str]) -> Optional[List[List[str]]]:
+    """The override lists of a --multirun sweep's jobs (as Hydra's basic sweeper expands them), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        choices = []
+        for parsed in OverridesParser.create().parse_overrides(overrides):
+            if parsed.is_sweep_override():
+                key = parsed.get_key_element()
+                choices.append([f"{key}={value}" for value in parsed.sweep_string_iterator()])
+            else:
+                choices.append([parsed.input_line])
+    except Exception:  # a sweep only another sweeper understands (e.g. interval()): it validates its jobs
+        return None
+    return [list(job) for job in itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS)]
+
+
+def check_command_line(
+    prog: str, config_name: str, argv: Sequence[str], load: Callable[[DictConfig, bool], object]
+) -> None:
+    """Compose and validate every job of this command line before Hydra writes anything; errors are one line.
+
+    `load(cfg, remote)` validates one composed config; remote: a launcher runs it elsewhere (skip this
+    machine's checks, such as its CUDA devices).
+    """
+    overrides, flags = split_argv(argv)
+    if flags & INFO_FLAGS:
+        return
+    multirun = bool(flags & MULTIRUN_FLAGS)
+    with one_line_errors(prog):
+        jobs = sweep_jobs(overrides) if multirun else [overrides]
+        for job in jobs or []:
+            cfg = compose(config_name, job, keep_hydra=True)
+            if flags & {"-c", "--cfg"}:  # printing a config needs no valid values
+                continue
+            launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default=""))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            load(cfg, multirun and not launcher.endswith("BasicLauncher"))

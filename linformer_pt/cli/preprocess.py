@@ -5,6 +5,7 @@ holds the tokenizer and a manifest (tokenizer hash, source files with sizes and 
 with the same inputs reuses it, a changed input rebuilds it, and an interrupted run is never used.
 """
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict
@@ -13,19 +14,24 @@ import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from linformer_pt.cli.common import check_group_options, one_line_errors
+from linformer_pt.cli.common import check_command_line, check_group_options, one_line_errors
+from linformer_pt.cli.console import tee_console
 from linformer_pt.config import PreprocessConfig, load_preprocess_config
 from linformer_pt.data.binarize import write_shards
-from linformer_pt.data.cache import build_folder, cached_dir, key_of, sha256_file
+from linformer_pt.data.cache import build_folder, cached_dir, check_replaceable, key_of, sha256_file
 from linformer_pt.data.corpus import resolve_sources
 from linformer_pt.errors import UserError
-from linformer_pt.data.tokenizer import EOS, TOKENIZER_FILE, cached_tokenizer, load_tokenizer, train_tokenizer
+from linformer_pt.data.tokenizer import (
+    EOS, TEXT_ENCODING, TOKENIZER_FILE, cached_tokenizer, load_tokenizer, train_tokenizer,
+)  # fmt: skip
 
 GROUPS = ("dataset",)
 
 
 def preprocess(cfg: PreprocessConfig) -> Path:
     """Build (or reuse) the shard folder for cfg and return its path."""
+    if cfg.output:  # before any work: a folder of the user's own files is refused, never replaced
+        check_replaceable(Path(cfg.output).expanduser(), "output=")
     sources = resolve_sources(cfg.dataset)
     tok = cfg.tokenizer
     tokenizer_path = (
@@ -36,6 +42,7 @@ def preprocess(cfg: PreprocessConfig) -> Path:
     tokenizer = load_tokenizer(tokenizer_path)
     spec = {
         "tokenizer_sha256": sha256_file(tokenizer_path),
+        "encoding": TEXT_ENCODING,  # shards of an older encoding are rebuilt, not reused
         "sources": {split: source.spec for split, source in sources.items()},
         "shard_tokens": cfg.shard_tokens,
     }
@@ -59,7 +66,10 @@ def preprocess(cfg: PreprocessConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="pkg://linformer_pt.configs", config_name="preprocess")
 def preprocess_main(cfg: DictConfig) -> None:
-    with one_line_errors("linformer-preprocess"):
+    from hydra.core.hydra_config import HydraConfig
+
+    log = Path(HydraConfig.get().runtime.output_dir) / "preprocess.log"
+    with tee_console(log), one_line_errors("linformer-preprocess"):
         folder = preprocess(load_preprocess_config(cfg))
         print(f"token shards: {folder}\ntrain with: linformer-train dataset=shards dataset.path={folder}")
 
@@ -82,17 +92,25 @@ def train_tokenizer_file(cfg: PreprocessConfig, default_dir: Path) -> Path:
 def train_tokenizer_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    with one_line_errors("linformer-train-tokenizer"):
-        path = train_tokenizer_file(load_preprocess_config(cfg), Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with tee_console(run_dir / "train_tokenizer.log"), one_line_errors("linformer-train-tokenizer"):
+        path = train_tokenizer_file(load_preprocess_config(cfg), run_dir)
         vocab = load_tokenizer(path).get_vocab_size()
         print(f"tokenizer ({vocab} tokens): {path}\nuse it with: tokenizer.path={path}")
 
 
+def validate(cfg: DictConfig, remote: bool) -> None:
+    """Both commands check their whole config before Hydra creates the run folder."""
+    load_preprocess_config(cfg)
+
+
 def main() -> None:
     check_group_options("linformer-preprocess", GROUPS)
+    check_command_line("linformer-preprocess", "preprocess", sys.argv[1:], validate)
     preprocess_main()
 
 
 def main_tokenizer() -> None:
     check_group_options("linformer-train-tokenizer", GROUPS)
+    check_command_line("linformer-train-tokenizer", "preprocess", sys.argv[1:], validate)
     train_tokenizer_main()

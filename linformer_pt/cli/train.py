@@ -1,6 +1,7 @@
 """`linformer-train`: the Hydra app that composes configs/train.yaml and runs one training job.
 
 Bad input (a UserError) or a diverged run is one line on stderr with exit status 2; outputs already on disk stay.
+The command line is validated before Hydra creates the run folder, so a bad value leaves nothing behind.
 """
 import os
 import sys
@@ -16,11 +17,14 @@ import linformer_pt.models  # noqa: F401  (registers models)
 import linformer_pt.tasks  # noqa: F401  (registers tasks)
 import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
 from linformer_pt.config import TrainConfig, load_config
-from linformer_pt.cli.common import check_group_options, one_line_errors
+from linformer_pt.cli.common import check_command_line, check_group_options, one_line_errors
+from linformer_pt.cli.console import tee_console
 from linformer_pt.errors import UserError
-from linformer_pt.models.loading import load_weights, read_checkpoint
+from linformer_pt.models.loading import load_weights
+from linformer_pt.training.checkpoint import load_checkpoint
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
+from linformer_pt.training.resume import find_checkpoint
 from linformer_pt.training.trainer import Trainer, resolve_device
 
 
@@ -47,8 +51,11 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
     task.check_model(config.model)
     say = print if dist.is_main else (lambda *args, **kwargs: None)
     model = MODELS.get(config.model.name).cls.build(config.model, task)
-    if config.checkpoint.init_from:
-        checkpoint = read_checkpoint(config.checkpoint.init_from)
+    resume_from = find_checkpoint(config, output_dir)
+    if resume_from is not None:
+        say(f"resuming from {resume_from}", flush=True)
+    elif config.checkpoint.init_from:
+        checkpoint = load_checkpoint(config.checkpoint.init_from)
         check_same_tokenizer(checkpoint, task.provenance()["tokenizer_sha256"], config.checkpoint.init_from)
         load_weights(model, checkpoint)
         say(f"initialised from {config.checkpoint.init_from}", flush=True)
@@ -57,7 +64,13 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
     say(f"model: {config.model.name}, {params / 1e6:.2f}M parameters; vocabulary {task.vocab_size}", flush=True)
     if dist.enabled:
         say(f"distributed: {dist.world_size} processes", flush=True)
-    summary = Trainer(config, task, model, output_dir, dist).fit()
+    trainer = Trainer(config, task, model, output_dir, dist, resume_from)
+    if resume_from is not None:
+        position = trainer.train_iterator.state_dict()
+        say(f"resumed at update {trainer.update} (epoch {position['epoch']})", flush=True)
+    summary = trainer.fit()
+    if summary.get("finished_before"):
+        say(f"this run already finished at update {summary['updates']} (raise optimization.max_update to continue)")
     first, final = summary["first_valid"], summary["final_valid"]
     say(
         f"done: {summary['updates']} updates; valid loss {first['loss']:.3f} -> {final['loss']:.3f} "
@@ -80,8 +93,9 @@ def check_same_tokenizer(checkpoint: Dict[str, Any], tokenizer_sha256: str, path
 
 @hydra.main(version_base="1.3", config_path="pkg://linformer_pt.configs", config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    with one_line_errors("linformer-train"):
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    with tee_console(output_dir / "train.log", enabled=world_from_env().is_main), one_line_errors("linformer-train"):
+        summary = run(cfg, output_dir)
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise
 
 
@@ -102,9 +116,15 @@ def torchrun_overrides(argv: List[str]) -> List[str]:
     return extra
 
 
+def validate(cfg: DictConfig, remote: bool) -> None:
+    """load_config a composed job; jobs a launcher sends to other machines skip the check of this one's devices."""
+    load_config(cfg, check_devices=not remote)
+
+
 def main() -> None:
     check_group_options("linformer-train", CONFIG_GROUPS)
     sys.argv += torchrun_overrides(sys.argv[1:])
+    check_command_line("linformer-train", "train", sys.argv[1:], validate)
     hydra_main()
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from linformer_pt.data.tokenizer import text_only
 from linformer_pt.errors import UserError
 
 ENCODE_CHUNK = 2048  # documents per encode_batch call (which runs on all cores)
@@ -100,7 +101,13 @@ def write_shards(
     shard_tokens: int = SHARD_TOKENS,
     progress: Optional[tqdm] = None,
 ) -> Dict[str, int]:
-    """Tokenize `documents` (each line a sentence, no <s>/</s> from the tokenizer) into shards under `folder`."""
+    """Tokenize `documents` (each line a sentence, no <s>/</s> from the tokenizer) into shards under `folder`.
+
+    Special-token strings in the text are encoded as text: the only special id in the shards is the `</s>`
+    ending each sentence.
+    """
+    # Corpus text never yields special ids, even through a tokenizer that was not loaded by load_tokenizer.
+    tokenizer = text_only(tokenizer)
     writer = ShardWriter(folder, token_dtype(tokenizer.get_vocab_size()), shard_tokens)
     for chunk in _chunks(documents, ENCODE_CHUNK):
         per_doc = [[line for line in doc.split("\n") if line.strip()] for doc in chunk]

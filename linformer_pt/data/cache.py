@@ -9,7 +9,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Optional, Union
+
+from linformer_pt.errors import UserError
 
 MANIFEST = "manifest.json"
 
@@ -38,9 +40,13 @@ def build_folder(final: Path, spec: Dict[str, Any], build: Callable[[Path], Dict
 
     build() writes into a temporary sibling folder, which replaces `final` only once complete: an interrupted or
     failed build leaves any earlier `final` untouched, and a half-built folder is never taken for a finished one.
+    Only a folder built here (its manifest has a spec) or an empty one is replaced: anything else may be the
+    user's own files (output=data would otherwise wipe data/), so it is refused and left as it was.
     """
-    if (final / MANIFEST).exists() and read_manifest(final).get("spec") == json.loads(json.dumps(spec)):
+    manifest = _own_manifest(final)
+    if manifest is not None and manifest.get("spec") == json.loads(json.dumps(spec)):
         return final
+    check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     old = final.with_name(f".old-{final.name}-{os.getpid()}")
@@ -54,6 +60,24 @@ def build_folder(final: Path, spec: Dict[str, Any], build: Callable[[Path], Dict
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def check_replaceable(folder: Path, key: str = "") -> None:
+    """UserError unless `folder` is absent, empty, or built by build_folder: never replace what we did not write."""
+    if _own_manifest(folder) is None and (folder.is_file() or (folder.is_dir() and any(folder.iterdir()))):
+        raise UserError(
+            f"{key}{folder} already holds files and is not a folder this tool built (no {MANIFEST} with a spec); "
+            "refusing to replace it: choose a new or empty folder"
+        )
+
+
+def _own_manifest(folder: Path) -> Optional[Dict[str, Any]]:
+    """The manifest of a folder build_folder wrote (a JSON object with a spec), else None."""
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError):  # no folder, no manifest, or not JSON: not ours
+        return None
+    return manifest if isinstance(manifest, dict) and "spec" in manifest else None
 
 
 def read_manifest(folder: Union[str, Path]) -> Dict[str, Any]:

@@ -20,6 +20,7 @@ from linformer_pt.data.sources import (
     load_hub_dataset,
     write_documents,
 )
+from linformer_pt.data.tokenizer import TEXT_ENCODING
 from linformer_pt.errors import UserError
 
 
@@ -78,7 +79,7 @@ def resolve_sources(data: Any) -> Dict[str, Source]:
     for split, patterns in (("train", data.train_files), ("valid", data.valid_files)):
         if split == "valid" and not patterns:
             return held_out(data.cache_dir, sources["train"], data.valid_fraction)
-        paths = expand_paths(patterns, f"dataset.{split}_files")
+        paths = expand_paths(patterns, f"dataset.{split}_files", data.file_glob, announce=True)
         check_sources(paths, f"dataset.{split}_files", data.text_field, data.encoding_errors)
         sources[split] = file_source(paths, data.text_field, data.encoding_errors)
     return sources
@@ -86,7 +87,7 @@ def resolve_sources(data: Any) -> Dict[str, Source]:
 
 def cached_corpus(cache_dir: str, source: Source, tokenizer_path: Path, tokenizer: Tokenizer, eos_id: int) -> TokenizedCorpus:
     """The source tokenized into shards, cached by the tokenizer's and the source's content."""
-    spec = {"tokenizer": sha256_file(tokenizer_path), "source": source.spec}
+    spec = {"tokenizer": sha256_file(tokenizer_path), "encoding": TEXT_ENCODING, "source": source.spec}
     folder = cached_dir(cache_dir, "tokens", spec, lambda f: write_shards(source.documents(), tokenizer, eos_id, f))
     return load_shards(folder)
 
@@ -97,6 +98,11 @@ def preprocessed_corpora(path: str, tokenizer_path: Optional[Path]) -> Dict[str,
     if not (folder / "manifest.json").is_file():
         raise UserError(f"dataset.path={path} is not a finished linformer-preprocess folder (no manifest.json)")
     manifest = read_manifest(folder)
+    if manifest.get("encoding") != TEXT_ENCODING:  # older shards may hold special ids made from corpus text
+        raise UserError(
+            f"dataset.path={path} was made by an older linformer-preprocess (it read \"<mask>\" etc. in the text "
+            "as special tokens); re-run linformer-preprocess with the same output to rebuild it"
+        )
     own = folder / "tokenizer.json"
     if tokenizer_path is not None and sha256_file(tokenizer_path) != manifest["tokenizer_sha256"]:
         raise UserError(

@@ -28,16 +28,18 @@ def mask_tokens(
     rng: np.random.Generator,
     cfg: MaskingConfig,
     mask_id: int,
-    num_special: int,
-    vocab_size: int,
+    is_special: np.ndarray,
     word_begins: Optional[np.ndarray] = None,
+    ordinary_ids: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """(inputs, is_masked): mask about mask_prob of the non-special tokens, 80/10/10 <mask>/random/kept.
 
-    Ids below `num_special` are special tokens: never masked, never drawn as replacements. With `word_begins`
-    (a bool per vocabulary id: does the token start a word?) whole words are masked together.
+    `is_special` (a bool per vocabulary id) marks the special tokens: never masked, never drawn as replacements;
+    random replacements are drawn uniformly from the other ids, `ordinary_ids` (np.flatnonzero(~is_special),
+    which callers masking many samples compute once). With `word_begins` (a bool per vocabulary id: does the
+    token start a word?) whole words are masked together.
     """
-    candidates = np.flatnonzero(tokens >= num_special)
+    candidates = np.flatnonzero(~is_special[tokens])
     if word_begins is None:
         unit_of = np.arange(len(candidates))
     else:
@@ -62,7 +64,10 @@ def mask_tokens(
     random_cut = keep_cut - cfg.random_token_prob
     to_random = chosen_positions[(fate >= random_cut) & (fate < keep_cut)]
     inputs[chosen_positions[fate < random_cut]] = mask_id
-    inputs[to_random] = rng.integers(num_special, vocab_size, size=len(to_random))
+    if ordinary_ids is None:
+        ordinary_ids = np.flatnonzero(~is_special)
+    # An index into the ordinary ids: with specials 0..4 this is the same draw as integers(5, vocab_size).
+    inputs[to_random] = ordinary_ids[rng.integers(0, len(ordinary_ids), size=len(to_random))]
     return inputs, is_masked
 
 
@@ -76,15 +81,17 @@ class MaskedLMDataset(Dataset):
         break_mode: str,
         masking: MaskingConfig,
         special_ids: Dict[str, int],
-        vocab_size: int,
+        is_special: np.ndarray,
         seed: int,
         word_begins: Optional[np.ndarray] = None,
     ) -> None:
+        """`special_ids` names bos/pad/eos/mask; `is_special` (tokenizer.special_mask) spans the vocabulary."""
         self.corpus = corpus
         self.shard_ids, self.starts, self.ends = corpus_blocks(corpus, tokens_per_sample - 1, break_mode)
-        self.masking, self.ids, self.vocab_size, self.seed = masking, special_ids, vocab_size, seed
+        self.masking, self.ids, self.seed = masking, special_ids, seed
+        self.is_special, self.ordinary_ids = is_special, np.flatnonzero(~is_special)
+        self.vocab_size = len(is_special)
         self.word_begins = word_begins
-        self.num_special = max(special_ids.values()) + 1
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -99,7 +106,7 @@ class MaskedLMDataset(Dataset):
         tokens = np.concatenate([[self.ids["bos"]], block]).astype(np.int64)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         inputs, is_masked = mask_tokens(
-            tokens, rng, self.masking, self.ids["mask"], self.num_special, self.vocab_size, self.word_begins
+            tokens, rng, self.masking, self.ids["mask"], self.is_special, self.word_begins, self.ordinary_ids
         )
         return {"inputs": inputs, "targets": tokens, "is_masked": is_masked}
 

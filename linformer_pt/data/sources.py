@@ -5,8 +5,10 @@ per record in a text field (`dataset.text_field`). Every source is checked up fr
 one line naming it; invalid UTF-8 names the file and byte offset (or is replaced with dataset.encoding_errors).
 """
 import csv
+import fnmatch
 import glob
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator, List, Sequence
 
@@ -17,10 +19,42 @@ JSONL = (".jsonl", ".json")
 DELIMITED = {".csv": ",", ".tsv": "\t"}
 PARQUET = (".parquet",)
 SUFFIXES = TEXT + JSONL + tuple(DELIMITED) + PARQUET
+# Inside folders these describe the corpus rather than hold it (gutenberg/MANIFEST.tsv, README.md, LICENSE.txt):
+# skipped unless named explicitly, as are hidden files and folders (.git, .ipynb_checkpoints). "Manifesto.txt" is data.
+NOT_DATA = re.compile(r"(readme|manifest|licen[cs]e)([-_.].*)?", re.IGNORECASE)
 
 
-def expand_paths(patterns: Sequence[str], key: str) -> List[Path]:
-    """Files named by `patterns` (files, folders searched recursively, globs), sorted, with clear errors."""
+def _is_hidden(path: Path, folder: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def _is_data(path: Path, file_glob: str) -> bool:
+    """Is `path`, found in a folder, a corpus file: matching file_glob, of a known format, not a README etc.?"""
+    return (
+        fnmatch.fnmatch(path.name, file_glob)
+        and path.suffix.lower() in SUFFIXES
+        and not NOT_DATA.fullmatch(path.name)
+    )
+
+
+def _names(paths: List[Path], first: int = 4) -> str:
+    return ", ".join(p.name for p in paths[:first]) + (", ..." if len(paths) > first else "")
+
+
+def _describe(key: str, folder: str, taken: List[Path], skipped: List[Path]) -> str:
+    """One line: what a folder gave (count, size, first names) and what it skipped, so a stray file shows."""
+    size = sum(p.stat().st_size for p in taken)
+    line = f"{key}: {folder}: {len(taken)} file(s), {size / 1e6:.1f} MB ({_names(taken)})"
+    return line + (f"; skipped {len(skipped)} ({_names(skipped)})" if skipped else "")
+
+
+def expand_paths(patterns: Sequence[str], key: str, file_glob: str = "*", announce: bool = False) -> List[Path]:
+    """Files named by `patterns` (files, folders searched recursively, globs), sorted, with clear errors.
+
+    Named files and glob matches are always taken. A folder gives its files whose name matches `file_glob`
+    (dataset.file_glob) and has a supported suffix, except READMEs, manifests, licenses and hidden files;
+    with `announce`, one line per folder says what it gave.
+    """
     if not patterns:
         raise UserError(f"{key} is empty; give one or more files, folders or globs")
     out: List[Path] = []
@@ -32,9 +66,16 @@ def expand_paths(patterns: Sequence[str], key: str) -> List[Path]:
                 raise UserError(f"{key}: the glob {pattern} matches no file")
             out += matches
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p, path))
+            found = [p for p in files if _is_data(p, file_glob)]
             if not found:
-                raise UserError(f"{key}: the folder {pattern} holds no {'/'.join(SUFFIXES)} file")
+                raise UserError(
+                    f"{key}: the folder {pattern} holds no file matching dataset.file_glob={file_glob!r} "
+                    f"with a supported suffix ({'/'.join(SUFFIXES)})"
+                )
+            if announce:
+                taken = set(found)
+                print(_describe(key, pattern, found, [p for p in files if p not in taken]), flush=True)
             out += found
         elif path.is_file():
             out.append(path)

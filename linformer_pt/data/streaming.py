@@ -1,7 +1,8 @@
-"""Masked-LM samples streamed from raw files with `datasets` streaming: no preprocessing pass, no token cache.
+"""Masked-LM samples streamed from raw files: no preprocessing pass, no token cache, resumable by seeking.
 
-Each (DDP rank, DataLoader worker) reads a disjoint part of the documents, packs it like break mode `none` and
-masks sample i with a generator seeded by (seed, epoch, rank, worker, i); StreamingBatchIterator resumes by position.
+Each (DDP rank, DataLoader worker) slot reads a disjoint part of the records (stream_reader), packs it like break
+mode `none` and masks sample i with a generator seeded by (seed, epoch, rank, worker, i). Every sample carries its
+stream's state, so StreamingBatchIterator can save a position and resume there without reading what came before.
 """
 import csv
 import itertools
@@ -15,33 +16,24 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
 from linformer_pt.data.masking import MaskingConfig, collate, mask_tokens
-from linformer_pt.data.sources import DELIMITED, JSONL, PARQUET, TEXT, expand_paths
+from linformer_pt.data.sources import DELIMITED, PARQUET, expand_paths
+from linformer_pt.data.stream_reader import SlotReader, windows
+from linformer_pt.data.tokenizer import text_only
 from linformer_pt.errors import UserError
 
 ENCODE_DOCS = 256  # records per encode_batch call
-READ_BATCH = 256  # records per read when workers split a stream record by record
-LINES = "_lines"  # the one column every source is mapped to: its sentences, "\n"-separated
+STREAM = "stream"  # the sample / batch key carrying (logical worker, stream state after it) to the main process
+Sample = Dict[str, np.ndarray]
+StreamState = Dict[str, Any]
 
 
-def _builder(path: Path) -> Tuple[str, Tuple[Tuple[str, Any], ...]]:
-    """(datasets packaged builder, its options) for a file; `sources` decides which suffixes exist."""
-    suffix = path.suffix.lower()
-    if suffix in TEXT:
-        return "text", (("sample_by", "paragraph"),)  # one record per blank-line-separated block
-    if suffix in JSONL:
-        return "json", ()
-    if suffix in DELIMITED:
-        return "csv", (("delimiter", DELIMITED[suffix]),)
-    assert suffix in PARQUET, suffix
-    return "parquet", ()
-
-
-def _check_columns(path: Path, builder: str, options: Dict[str, Any], text_field: str) -> None:
+def _check_columns(path: Path, text_field: str) -> None:
     """Fail before streaming when a CSV/TSV header or a parquet schema lacks the text field (both are cheap to read)."""
-    if builder == "csv":
+    suffix = path.suffix.lower()
+    if suffix in DELIMITED:
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            names = next(csv.reader(f, delimiter=options["delimiter"]), [])
-    elif builder == "parquet":
+            names = next(csv.reader(f, delimiter=DELIMITED[suffix]), [])
+    elif suffix in PARQUET:
         import pyarrow.parquet as pq  # a dependency of `datasets`
 
         names = pq.ParquetFile(path).schema_arrow.names
@@ -51,57 +43,18 @@ def _check_columns(path: Path, builder: str, options: Dict[str, Any], text_field
         raise UserError(f"{path}: no column {text_field!r} (dataset.text_field); it has {names}")
 
 
-def _sentences(record: Dict[str, Any], text_field: str, paragraphs: bool, where: str) -> Dict[str, str]:
-    """A record's sentences (its non-empty lines) as read_documents + write_shards would tokenize them.
-
-    Text files arrive as blank-line blocks whose lines read_documents strips; other records are one document,
-    stripped as a whole, whose lines keep their inner spacing. Document boundaries are dropped: break mode
-    `none` packs across them anyway.
-    """
-    if text_field not in record:
-        raise UserError(
-            f"{where}: records have no field {text_field!r} (dataset.text_field); they have {sorted(record)}"
-        )
-    text = str(record[text_field] or "")
-    if paragraphs:
-        lines = [line.strip() for line in text.split("\n") if line.strip()]
-    else:
-        lines = [line for line in text.strip().split("\n") if line.strip()]
-    return {LINES: "\n".join(lines)}
-
-
-def open_stream(paths: Sequence[Path], text_field: str, encoding_errors: str = "strict") -> Any:
-    """One `datasets` IterableDataset over all files, in order, with the single column LINES (one shard per file)."""
-    import datasets
-
-    parts = []
-    for (builder, options), group in itertools.groupby(paths, key=_builder):
-        files = list(group)
-        kwargs: Dict[str, Any] = dict(options)
-        for path in files:
-            _check_columns(path, builder, kwargs, text_field)
-        if builder in ("text", "json", "csv"):
-            kwargs["encoding_errors"] = encoding_errors
-        if builder == "csv":  # only the text column, as strings, with empty cells and "NA" kept as text
-            kwargs.update(usecols=[text_field], keep_default_na=False,
-                          features=datasets.Features({text_field: datasets.Value("string")}))  # fmt: skip
-        elif builder == "parquet":
-            kwargs["columns"] = [text_field]
-        field = "text" if builder == "text" else text_field
-        where = files[0].name if len(files) == 1 else f"{files[0].name} (or one of {len(files)} {builder} files)"
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=True, **kwargs)
-        ds = ds.map(partial(_sentences, text_field=field, paragraphs=builder == "text", where=where))
-        parts.append(ds.select_columns([LINES]))
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+def start_state() -> StreamState:
+    """A stream's state at the start of an epoch: no record read, no token pending, no sample made."""
+    return {"position": None, "window": 0, "taken": 0, "tokens": np.empty(0, dtype=np.int64), "number": 0}
 
 
 class StreamingMaskedLM(IterableDataset):
     """This process's masked-LM samples, streamed: `<s>` + tokens_per_sample - 1 tokens (the last one may be shorter).
 
-    Splitting: `split_dataset_by_node` gives each rank whole files when their count is a multiple of world_size,
-    else every world_size-th record. Inside a DataLoader worker, `datasets` hands each worker whole files of its
-    rank's share when there are at least as many as workers; otherwise every worker reads the rank's stream and
-    keeps every (num_workers)-th record. Either way each record is read by exactly one (rank, worker).
+    Rank r's DataLoader worker w (of W) is slot r * W + w of world_size * W; stream_reader.SlotReader gives each
+    slot its files or, with fewer files than slots, its records of every file, so each record is read by exactly
+    one (rank, worker). With shuffle_buffer > 0 the file order is permuted per epoch (alike on every rank) and each
+    slot permutes its records in windows of shuffle_buffer; resuming then re-reads at most that one window.
     """
 
     def __init__(
@@ -110,7 +63,7 @@ class StreamingMaskedLM(IterableDataset):
         text_field: str,
         tokenizer: Tokenizer,
         special_ids: Dict[str, int],
-        vocab_size: int,
+        is_special: np.ndarray,
         tokens_per_sample: int,
         masking: MaskingConfig,
         seed: int,
@@ -120,131 +73,225 @@ class StreamingMaskedLM(IterableDataset):
         shuffle_buffer: int = 0,
         encoding_errors: str = "strict",
         key: str = "dataset.train_files",
+        file_glob: str = "*",
     ) -> None:
         if tokens_per_sample < 2:
             raise UserError(f"task.tokens_per_sample={tokens_per_sample} must be >= 2")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.paths = expand_paths([str(p) for p in paths], key)
-        self.text_field, self.tokenizer, self.ids, self.vocab_size = text_field, tokenizer, special_ids, vocab_size
+        self.paths = expand_paths([str(p) for p in paths], key, file_glob)
+        self.text_field, self.tokenizer, self.ids = text_field, tokenizer, special_ids
+        # is_special: tokenizer.special_mask, a bool per vocabulary id (specials may sit anywhere in it).
+        self.is_special, self.ordinary_ids = is_special, np.flatnonzero(~is_special)
+        self.vocab_size = len(is_special)
         self.tokens_per_sample, self.masking, self.seed = tokens_per_sample, masking, seed
         self.rank, self.world_size, self.word_begins = rank, world_size, word_begins
         self.shuffle_buffer = shuffle_buffer
-        self.num_special = max(special_ids.values()) + 1
+        self.encoding_errors = encoding_errors
         self.epoch = 0
-        self.source = open_stream(self.paths, text_field, encoding_errors)
-        if shuffle_buffer > 0:  # the same seed on every rank, so ranks still split one shared order
-            self.source = self.source.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        for path in self.paths:
+            _check_columns(path, text_field)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch seeds the masks and, with shuffle_buffer > 0, the shuffle."""
         self.epoch = epoch
 
-    def _texts(self, worker: int, num_workers: int) -> Iterator[str]:
-        """LINES of the records this (rank, worker) reads, in stream order."""
-        from datasets.distributed import split_dataset_by_node
-
-        ds = split_dataset_by_node(self.source, rank=self.rank, world_size=self.world_size)
+    def _records(self, worker: int, num_workers: int, start: StreamState) -> Iterator[Tuple[List[str], StreamState]]:
+        """(sentences, reader state after it) of the records this (rank, worker) reads, from `start` on."""
+        paths = list(self.paths)
+        if self.shuffle_buffer > 0:  # the same order on every rank, so the slots still split the files
+            paths = [paths[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(paths))]
+        slot, num_slots = self.rank * num_workers + worker, self.world_size * num_workers
+        reader = SlotReader(paths, self.text_field, self.encoding_errors, slot, num_slots)
+        records = reader.records(start["position"])
         if self.shuffle_buffer > 0:
-            ds.set_epoch(self.epoch)  # only then: datasets reorders files whenever the epoch is set
-        if num_workers == 1 or ds.n_shards >= num_workers:
-            # Iterated inside a DataLoader worker, datasets gives this worker its files (shard i -> worker i % n).
-            for record in ds:
-                yield record[LINES]
+            yield from windows(records, self.shuffle_buffer, start, [self.seed, self.epoch, self.rank, worker])
             return
-        # Fewer files than workers: ds.iter() skips datasets' per-worker split; keep every num_workers-th record.
-        records = (text for batch in ds.iter(batch_size=READ_BATCH) for text in batch[LINES])
-        yield from itertools.islice(records, worker, None, num_workers)
+        for sentences, position in records:
+            yield sentences, {"position": position, "window": 0, "taken": 0}
 
-    def _tokens(self, texts: List[str]) -> np.ndarray:
-        """Each sentence's ids followed by `</s>`, back to back (write_shards' convention)."""
-        lines = [line for text in texts if text for line in text.split("\n")]
-        if not lines:
-            return np.empty(0, dtype=np.int64)
-        eos = self.ids["eos"]
-        encodings = self.tokenizer.encode_batch(lines, add_special_tokens=False)
-        return np.fromiter(itertools.chain.from_iterable(e.ids + [eos] for e in encodings), dtype=np.int64)
+    def _tokens(self, records: List[List[str]]) -> List[np.ndarray]:
+        """Each record's tokens: every sentence's ids followed by `</s>`, back to back (write_shards' convention)."""
+        lines = [line for sentences in records for line in sentences]
+        # Again here: a DataLoader worker may hold an unpickled copy, which forgets encode_special_tokens.
+        encodings = text_only(self.tokenizer).encode_batch(lines, add_special_tokens=False) if lines else []
+        ids = [e.ids + [self.ids["eos"]] for e in encodings]
+        bounds = np.cumsum([0] + [len(sentences) for sentences in records])
+        return [np.fromiter(itertools.chain.from_iterable(ids[a:b]), np.int64) for a, b in zip(bounds, bounds[1:])]
 
     def _sample(self, block: np.ndarray, worker: int, number: int) -> Dict[str, np.ndarray]:
         tokens = np.concatenate([[self.ids["bos"]], block]).astype(np.int64)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, number])
         inputs, is_masked = mask_tokens(
-            tokens, rng, self.masking, self.ids["mask"], self.num_special, self.vocab_size, self.word_begins
+            tokens, rng, self.masking, self.ids["mask"], self.is_special, self.word_begins, self.ordinary_ids
         )
         return {"inputs": inputs, "targets": tokens, "is_masked": is_masked}
 
-    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    def stream(
+        self, worker: int, num_workers: int, state: Optional[StreamState] = None
+    ) -> Iterator[Tuple[Sample, StreamState]]:
+        """Worker `worker`'s samples, each with its stream's state after it, from `state` (None: the epoch's start).
+
+        A state is where the reader stands after the last record that the sample used tokens of, plus those of
+        that record's tokens not yet cut into a block, plus the sample counter: it never holds more than one
+        record's tokens, and resuming from it reads only what follows.
+        """
+        state = start_state() if state is None else state
+        block = self.tokens_per_sample - 1
+        buffer, number = np.asarray(state["tokens"], dtype=np.int64), state["number"]
+        last = {key: state[key] for key in ("position", "window", "taken")}  # the reader's state before `buffer`
+        records = self._records(worker, num_workers, last)
+        while True:  # the first pass may find no record but a saved buffer longer than a block
+            chunk = list(itertools.islice(records, ENCODE_DOCS))
+            pieces = self._tokens([sentences for sentences, _ in chunk])
+            tokens = np.concatenate([buffer, *pieces])
+            ends = np.cumsum([len(buffer)] + [len(piece) for piece in pieces])  # where each record's tokens end
+            marks = [last] + [after for _, after in chunk]
+            full = len(tokens) - len(tokens) % block
+            for cut in range(block, full + 1, block):
+                r = int(np.searchsorted(ends, cut))  # the record holding the sample's last token
+                after = {**marks[r], "tokens": tokens[cut : ends[r]], "number": number + 1}
+                yield self._sample(tokens[cut - block : cut], worker, number), after
+                number += 1
+            buffer, last = tokens[full:], marks[-1]
+            if not chunk:
+                break
+        if len(buffer):
+            yield self._sample(buffer, worker, number), {**last, "tokens": buffer[:0], "number": number + 1}
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Samples of this (rank, DataLoader worker) for the epoch, from its start."""
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        block = self.tokens_per_sample - 1
-        buffer = np.empty(0, dtype=np.int64)  # tokens not yet cut into a block (fewer than `block` between chunks)
-        number = 0
-        texts = self._texts(worker, num_workers)
-        try:
-            while chunk := list(itertools.islice(texts, ENCODE_DOCS)):
-                buffer = np.concatenate([buffer, self._tokens(chunk)])
-                full = len(buffer) - len(buffer) % block
-                for start in range(0, full, block):
-                    yield self._sample(buffer[start : start + block], worker, number)
-                    number += 1
-                buffer = buffer[full:]
-        except UnicodeDecodeError as err:
-            raise UserError(
-                f"a file of {[p.name for p in self.paths]} is not UTF-8 ({err.reason}); "
-                "fix it or set dataset.encoding_errors=replace"
-            ) from None
-        if len(buffer):
-            yield self._sample(buffer, worker, number)
+        for sample, _ in self.stream(worker, num_workers):
+            yield sample
+
+
+class _ResumedStreams(IterableDataset):
+    """One epoch as the DataLoader sees it: worker p continues logical worker (p + shift) % W from its saved state.
+
+    The DataLoader takes batches from its workers in turn, starting at worker 0 and skipping workers whose stream
+    has ended; shifting the logical ids so that worker 0 holds the stream due next keeps that order on resume.
+    """
+
+    def __init__(self, dataset: StreamingMaskedLM, shift: int, states: Dict[int, StreamState], streams: int) -> None:
+        self.dataset, self.shift, self.states, self.streams = dataset, shift, states, streams
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker = ((info.id if info is not None else 0) + self.shift) % self.streams
+        for sample, state in self.dataset.stream(worker, self.streams, self.states.get(worker)):
+            yield {**sample, STREAM: (worker, state)}
+
+
+def _worker_errors_in_one_line(loader: DataLoader) -> Iterator[Dict[str, Any]]:
+    """The loader's batches; a UserError from a worker arrives wrapped in the worker's traceback: keep its line."""
+    try:
+        yield from loader
+    except UserError as err:
+        text = str(err).rstrip()
+        if "Original Traceback" not in text:
+            raise
+        raise UserError(text.splitlines()[-1].split(": ", 1)[-1]) from None
+
+
+def _collate(samples: List[Dict[str, Any]], pad_id: int) -> Dict[str, Any]:
+    """collate, plus the producing worker's stream state after the batch's last sample."""
+    return {**collate(samples, pad_id), STREAM: samples[-1][STREAM]}
 
 
 class StreamingBatchIterator:
-    """EpochBatchIterator's interface over a StreamingMaskedLM: `epoch`, `offset`, state_dict, epoch_iter, forever.
+    """EpochBatchIterator's contract over a StreamingMaskedLM: epoch, forever, epoch_iter, restart, state_dict.
 
-    The position is (epoch, batches already yielded in it). Resuming re-reads the epoch's stream from its start and
-    drops `offset` batches: slower than a seek, but the batches that follow are exactly those of a run that never
-    stopped (samples depend only on seed, epoch, world size and num_workers; the DataLoader takes one batch from
-    each worker in turn). Each worker's last batch of an epoch may be short, and ranks may get different batch
-    counts per epoch: `forever()` never runs dry, so DDP steps stay in lockstep.
+    `forever()` yields lists of update_freq micro-batches without end; `epoch_iter()` single micro-batches to the
+    end of the epoch. The position (state_dict) is the epoch plus, for each logical worker, its stream state after
+    its last batch handed out and which worker is due next: load_state_dict then continues with exactly the batches
+    of a run that never stopped, reading nothing before the saved positions. It holds for this rank, world size,
+    num_workers and batch_size only (each rank saves its own). A worker's last batch of an epoch may be short and
+    ranks may get different batch counts per epoch: `forever()` never runs dry, so DDP steps stay in lockstep.
     """
 
-    def __init__(self, dataset: StreamingMaskedLM, batch_size: int, num_workers: int = 0) -> None:
+    def __init__(
+        self, dataset: StreamingMaskedLM, batch_size: int, num_workers: int = 0, update_freq: int = 1
+    ) -> None:
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
-        self.epoch, self.offset = 1, 0  # position of the next batch
+        self.update_freq = update_freq
+        self.streams = max(1, num_workers)  # logical workers: the main process is the one stream without workers
+        self.restart()
 
-    def state_dict(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset}
+    def _begin(self, epoch: int) -> None:
+        self.epoch, self.batches, self.next_worker = epoch, 0, 0  # batches handed out in the epoch; worker due next
+        self.states: Dict[int, StreamState] = {}  # logical worker -> its stream state after its last batch handed out
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        self.epoch, self.offset = state["epoch"], state["offset"]
+    def restart(self) -> None:
+        """Back to the start of epoch 1 (validation reads its files from the start every time)."""
+        self._begin(1)
+
+    def _setting(self) -> Dict[str, int]:
+        d = self.dataset
+        return {"rank": d.rank, "world_size": d.world_size, "num_workers": self.streams, "batch_size": self.batch_size}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The position after the last batch handed out; plain Python values, one entry per logical worker."""
+        streams = {w: {**s, "tokens": np.asarray(s["tokens"]).tolist()} for w, s in self.states.items()}
+        return {"epoch": self.epoch, "batches": self.batches, "next_worker": self.next_worker, "streams": streams,
+                **self._setting()}  # fmt: skip
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue at a saved position; an epoch start saved as {"epoch", "offset": 0} is accepted too."""
+        if "streams" not in state:
+            if state.get("offset", 0) != 0:
+                raise UserError(f"the saved streaming position (epoch {state['epoch']}, batch {state['offset']}) "
+                                "cannot be sought; set checkpoint.reset_dataloader=true")  # fmt: skip
+            self._begin(state["epoch"])
+            return
+        for key, mine in self._setting().items():
+            if state[key] != mine:
+                raise UserError(
+                    f"the saved streaming position is for {key}={state[key]}, this run has {key}={mine}; streams "
+                    "depend on it: keep it, or set checkpoint.reset_dataloader=true"
+                )
+        self._begin(state["epoch"])
+        self.batches, self.next_worker = state["batches"], state["next_worker"]
+        self.states = {int(w): dict(s) for w, s in state["streams"].items()}
 
     def epoch_iter(self) -> Iterator[Dict[str, Any]]:
-        """Batches from the current position to the end of the current epoch, advancing the position."""
-        self.dataset.set_epoch(self.epoch)
+        """Single micro-batches from the position to the end of the epoch, advancing the position."""
+        epoch = self.epoch
+        self.dataset.set_epoch(epoch)
         loader = DataLoader(
-            self.dataset,
+            _ResumedStreams(self.dataset, self.next_worker, dict(self.states), self.streams),
             batch_size=self.batch_size,
-            collate_fn=partial(collate, pad_id=self.dataset.ids["pad"]),
+            collate_fn=partial(_collate, pad_id=self.dataset.ids["pad"]),
             num_workers=self.num_workers,
         )
-        batches = itertools.islice(loader, self.offset, None)
-        # One batch of look-ahead, so the position after an epoch's last batch is (epoch + 1, 0), as in
-        # EpochBatchIterator: the end of a stream is only known when the next read comes back empty.
+        batches = _worker_errors_in_one_line(loader)
         pending = next(batches, None)
-        for following in batches:
-            self.offset += 1
+        while pending is not None:
+            # One batch of look-ahead, so the position after an epoch's last batch is the next epoch's start, as
+            # in EpochBatchIterator: the end of a stream is only known when the next read comes back empty.
+            following = next(batches, None)
+            worker, state = pending.pop(STREAM)
+            self.states[worker], self.next_worker = state, (worker + 1) % self.streams
+            self.batches += 1
+            if following is None:
+                self._begin(epoch + 1)
             yield pending
             pending = following
-        self.epoch, self.offset = self.epoch + 1, 0
-        if pending is not None:
-            yield pending
+        if self.epoch == epoch:  # nothing was left of the epoch
+            self._begin(epoch + 1)
 
-    def forever(self) -> Iterator[Dict[str, Any]]:
-        """Batches across epochs without end; the caller decides when to stop."""
+    def forever(self) -> Iterator[List[Dict[str, Any]]]:
+        """Lists of update_freq micro-batches (one update's share for this rank), across epochs without end."""
+        group: List[Dict[str, Any]] = []
         while True:
-            from_start, produced = self.offset == 0, False
+            from_start, produced = self.batches == 0, False
             for batch in self.epoch_iter():
                 produced = True
-                yield batch
+                group.append(batch)
+                if len(group) == self.update_freq:
+                    yield group
+                    group = []
             if from_start and not produced:
                 raise UserError(
                     f"rank {self.dataset.rank} of {self.dataset.world_size} streams no sample from "

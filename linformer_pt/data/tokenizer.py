@@ -1,6 +1,7 @@
 """Byte-level BPE tokenizer with RoBERTa's special tokens, trained with `tokenizers` or loaded from a file.
 
 Ids 0..4 are `<s> <pad> </s> <unk> <mask>` (RoBERTa's order); the post-processor adds `<s> ... </s>`.
+Corpus text is always encoded as text: a literal "<mask>" in a document is the characters, never the special id.
 """
 from pathlib import Path
 from typing import Any, Dict, Iterable, Union
@@ -14,6 +15,9 @@ from linformer_pt.errors import UserError
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 BOS, PAD, EOS, UNK, MASK = SPECIAL_TOKENS
 TOKENIZER_FILE = "tokenizer.json"
+# How text_only encodes corpus text, in the spec of every token cache: tokens written by earlier code (which
+# turned "<mask>" in text into the special id) must be rebuilt, not reused. Change it when the encoding changes.
+TEXT_ENCODING = "specials-as-text/no-padding/no-truncation"
 
 
 def train_tokenizer(documents: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
@@ -28,15 +32,30 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, min_frequency: in
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    # Training reads special-token strings in documents as plain text (the specials are added after it).
     tokenizer.train_from_iterator(documents, trainer)
     tokenizer.post_processor = processors.RobertaProcessing(
         (EOS, tokenizer.token_to_id(EOS)), (BOS, tokenizer.token_to_id(BOS))
     )
+    return text_only(tokenizer)
+
+
+def text_only(tokenizer: Tokenizer) -> Tokenizer:
+    """Make `tokenizer` encode corpus lines as text, one whole line each; returns the same object.
+
+    Special-token strings in the text stay text (else a document quoting "<mask>" would put mask ids among the
+    targets), and padding or truncation saved in a user's tokenizer.json would silently pad or cut lines.
+    `encode_special_tokens` is neither saved in tokenizer.json nor kept by pickling (a DataLoader worker's copy
+    under spawn), so code that encodes corpus text calls this right before encoding.
+    """
+    tokenizer.encode_special_tokens = True
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     return tokenizer
 
 
 def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
-    """Load a tokenizer.json and check that it has RoBERTa's special tokens."""
+    """Load a tokenizer.json, check that it has RoBERTa's special tokens, and make it encode text as text."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / TOKENIZER_FILE
@@ -49,7 +68,20 @@ def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
     missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
     if missing:
         raise UserError(f"tokenizer.path: {path} lacks the special tokens {missing}; needed: {SPECIAL_TOKENS}")
-    return tokenizer
+    return text_only(tokenizer)
+
+
+def special_mask(tokenizer: Tokenizer) -> np.ndarray:
+    """A bool per vocabulary id: is it a special token (RoBERTa's five, or any token the file marks special)?
+
+    Masking never picks these nor draws them as random replacements. Their ids may be anywhere (RoBERTa's own
+    tokenizer has `<mask>` last), so they are a set, not a prefix of the vocabulary.
+    """
+    is_special = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
+    ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+    ids += [i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special]
+    is_special[[i for i in ids if i is not None and i < len(is_special)]] = True
+    return is_special
 
 
 def cached_tokenizer(cache_dir: str, source: Any, vocab_size: int, min_frequency: int) -> Path:

@@ -13,16 +13,6 @@ from linformer_pt.registry import MODELS
 from linformer_pt.training.checkpoint import load_checkpoint
 
 
-def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """load_checkpoint with a one-line error for a missing or unreadable file."""
-    if not Path(path).is_file():
-        raise UserError(f"no such checkpoint file: {path}")
-    try:
-        return load_checkpoint(path)
-    except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise UserError(f"{path} is not a linformer-pt checkpoint ({type(err).__name__}: {err})") from None
-
-
 def load_weights(model: nn.Module, checkpoint: Dict[str, Any]) -> None:
     """Copy a checkpoint's weights into `model`, resizing them to its max_positions (models/resize.py)."""
     projection = checkpoint["cfg"]["model"].get("projection", "linear")
@@ -36,7 +26,7 @@ def load_weights(model: nn.Module, checkpoint: Dict[str, Any]) -> None:
 
 def load_model(path: Union[str, Path], max_positions: Optional[int] = None) -> nn.Module:
     """The model saved in checkpoint `path` in eval mode on the CPU, optionally resized to max_positions."""
-    checkpoint = read_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     model_cfg = MODELS.config(checkpoint["cfg"]["model"])
     if max_positions is not None:
         model_cfg = dataclasses.replace(model_cfg, max_positions=max_positions)

@@ -18,7 +18,7 @@ from linformer_pt.data.cache import sha256_file
 from linformer_pt.data.corpus import cached_corpus, preprocessed_corpora, resolve_sources
 from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
-from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, cached_tokenizer, load_tokenizer, word_begins
+from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, cached_tokenizer, load_tokenizer, special_mask, word_begins
 from linformer_pt.errors import UserError
 from linformer_pt.registry import register_task
 from linformer_pt.training.distributed import world_from_env
@@ -69,6 +69,12 @@ class MaskedLMTask:
         self.vocab_size = self.tokenizer.get_vocab_size()
         names = [("bos", BOS), ("pad", PAD), ("eos", EOS), ("mask", MASK)]
         self.special_ids = {name: self.tokenizer.token_to_id(tok) for name, tok in names}
+        self.is_special = special_mask(self.tokenizer)  # a set of ids: a user tokenizer may put them anywhere
+        if self.is_special.all():
+            raise UserError(
+                f"tokenizer {self.tokenizer_path}: all {self.vocab_size} ids are special tokens, so masked-LM "
+                "has no token to mask; use a tokenizer with an ordinary vocabulary"
+            )
         self.pad_id = self.special_ids["pad"]
         if data.streaming:
             check(
@@ -107,26 +113,28 @@ class MaskedLMTask:
         if data.streaming:
             return StreamingMaskedLM(
                 data.train_files if split == "train" else data.valid_files, data.text_field, self.tokenizer,
-                self.special_ids, self.vocab_size, t.tokens_per_sample, masking, self.cfg.common.seed, rank,
+                self.special_ids, self.is_special, t.tokens_per_sample, masking, self.cfg.common.seed, rank,
                 world_size, self.word_begins, data.shuffle_buffer if split == "train" else 0, data.encoding_errors,
-                key=f"dataset.{split}_files",
+                key=f"dataset.{split}_files", file_glob=data.file_glob,
             )  # fmt: skip
         return MaskedLMDataset(
             self.corpora[split], t.tokens_per_sample, t.sample_break_mode, masking, self.special_ids,
-            self.vocab_size, self.cfg.common.seed, self.word_begins,
+            self.is_special, self.cfg.common.seed, self.word_begins,
         )  # fmt: skip
 
     def batch_iterator(
         self, split: str, rank: int = 0, world_size: int = 1
     ) -> Union[EpochBatchIterator, StreamingBatchIterator]:
-        """Shuffled batches for train, a fixed order for validation; this process's share under DDP."""
-        if self.cfg.dataset.streaming:
+        """Shuffled updates of update_freq micro-batches for train, a fixed order for validation; this process's share."""
+        data = self.cfg.dataset
+        update_freq = self.cfg.optimization.update_freq if split == "train" else 1
+        if data.streaming:
             dataset = self.dataset(split, rank, world_size)
-            return StreamingBatchIterator(dataset, self.cfg.dataset.batch_size, self.cfg.dataset.num_workers)
+            return StreamingBatchIterator(dataset, data.batch_size, data.num_workers, update_freq)
         return EpochBatchIterator(
-            self.dataset(split), self.cfg.dataset.batch_size, partial(collate, pad_id=self.pad_id),
-            self.cfg.common.seed, shuffle=split == "train", num_workers=self.cfg.dataset.num_workers,
-            rank=rank, world_size=world_size,
+            self.dataset(split), data.batch_size, partial(collate, pad_id=self.pad_id), self.cfg.common.seed,
+            shuffle=split == "train", num_workers=data.num_workers, rank=rank, world_size=world_size,
+            update_freq=update_freq,
         )  # fmt: skip
 
     def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:

@@ -4,13 +4,17 @@ A checkpoint holds model, optimizer, LR schedule, update count, data position, R
 resolved config and provenance (package version, git revision, tokenizer and data hashes).
 """
 import os
+import re
+import shutil
 import subprocess
+import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
 import linformer_pt
+from linformer_pt.errors import UserError
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"  # lowest validation loss so far
@@ -47,7 +51,10 @@ def rng_states() -> Dict[str, Any]:
 
 
 def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
-    """torch.save through a temporary file + fsync + rename: a crash never leaves a truncated checkpoint."""
+    """torch.save through a temporary file + fsync + rename: a crash or a full disk never leaves a truncated checkpoint.
+
+    On failure the temporary file is removed and the previous file at `path` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -57,12 +64,111 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power loss only once the folder is synced
+    except OSError as err:
+        raise UserError(f"could not write checkpoint {path}: {err.strerror or err}; the previous one is intact") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by save_checkpoint (it contains the config as plain containers)."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """Load a checkpoint written by save_checkpoint; a missing, truncated or foreign file is one UserError line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"checkpoint {path} is truncated or not a checkpoint ({reason})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"checkpoint {path} is not a linformer-pt checkpoint (no model state)")
+    return state
+
+
+def numbered_name(update: int) -> str:
+    return f"checkpoint_{update}.pt"
+
+
+def numbered_checkpoints(folder: Path) -> List[Path]:
+    """checkpoint_<update>.pt files in `folder`, oldest update first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_*.pt") if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def cpu_copy(state: Any) -> Any:
+    """A copy of `state` whose tensors live in fresh CPU memory, so training can go on while it is written."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_copy(v) for v in state)
+    return state
+
+
+class CheckpointWriter:
+    """Writes checkpoints under `folder`, in a background thread when asked; keeps the last `keep_last` numbered ones.
+
+    A save waits for the previous write, so at most one copy of the state is in flight; a failed background write
+    is raised by the next call (save, wait or close).
+    """
+
+    def __init__(self, folder: Path, keep_last: int = 0, background: bool = True) -> None:
+        self.folder, self.keep_last, self.background = Path(folder), keep_last, background
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def save(self, state: Dict[str, Any], names: List[str]) -> Path:
+        """Write `state` as names[0] and hard-link (or copy) it to the other names; returns the first path."""
+        self.wait()
+        paths = [self.folder / name for name in names]
+        if not self.background:
+            self._write(state, paths)
+            return paths[0]
+        state = cpu_copy(state)
+        self._thread = threading.Thread(target=self._write_catching, args=(state, paths), daemon=False)
+        self._thread.start()
+        return paths[0]
+
+    def _write_catching(self, state: Dict[str, Any], paths: List[Path]) -> None:
+        try:
+            self._write(state, paths)
+        except BaseException as err:  # surfaced in the training thread by wait()
+            self._error = err
+
+    def _write(self, state: Dict[str, Any], paths: List[Path]) -> None:
+        save_checkpoint(paths[0], state)
+        for extra in paths[1:]:
+            tmp = extra.with_name(f".{extra.name}.tmp{os.getpid()}")
+            try:
+                os.link(paths[0], tmp)  # the same bytes under a second name; replacing paths[0] later keeps them
+            except OSError:
+                shutil.copyfile(paths[0], tmp)
+            os.replace(tmp, extra)
+        self._prune()
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for old in numbered_checkpoints(self.folder)[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        """Block until the pending write is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

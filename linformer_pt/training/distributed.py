@@ -6,7 +6,7 @@ and checkpoints.
 """
 import os
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Any, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -95,6 +95,15 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> List[float]
     tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_gather_objects(value: Any) -> List[Any]:
+    """Every process's `value`, in rank order ([value] in a single process)."""
+    if not dist.is_initialized():
+        return [value]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def barrier() -> None:

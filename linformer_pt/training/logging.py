@@ -28,18 +28,30 @@ def peak_tflops(device: torch.device) -> float:
 class MetricsLogger:
     """Write each record to metrics.jsonl and, when enabled, to TensorBoard and wandb."""
 
-    def __init__(self, output_dir: Path, cfg: Any, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        cfg: Any,
+        enabled: bool = True,
+        keep_lines: Optional[int] = None,
+        purge_step: Optional[int] = None,
+    ) -> None:
+        """`keep_lines`: the lines of an existing metrics.jsonl a (re)started run keeps: those its checkpoint saw
+        (0 without one); later ones were written after that checkpoint and are logged again. None appends.
+        `purge_step` does the same in TensorBoard."""
         self.path = output_dir / "metrics.jsonl"
         self.enabled = enabled
         self._file = self._tb = self._wandb = None
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
+        if keep_lines is not None:
+            cut_lines(self.path, keep_lines)
         self._file = open(self.path, "a", encoding="utf-8")
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: it takes a second
 
-            self._tb = SummaryWriter(str(output_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
         if cfg.logging.wandb:
             self._wandb = start_wandb(output_dir, cfg)
 
@@ -67,6 +79,20 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def cut_lines(path: Path, keep: int) -> None:
+    """Keep the first `keep` lines of a log file (atomically: a crash leaves the old or the new file)."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    if len(lines) <= keep and all(line.endswith("\n") for line in lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for line in lines[:keep])
+    tmp.replace(path)
 
 
 def start_wandb(output_dir: Path, cfg: Any) -> Optional[Any]:

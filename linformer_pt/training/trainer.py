@@ -9,18 +9,28 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from linformer_pt.config import TrainConfig
-from linformer_pt.training.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, provenance, rng_states, save_checkpoint
-from linformer_pt.training.distributed import DistributedInfo, all_reduce_sum, local_device, wrap_model
+from linformer_pt.errors import RunInterrupted
+from linformer_pt.training.checkpoint import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    CheckpointWriter,
+    numbered_name,
+    provenance,
+    rng_states,
+)
+from linformer_pt.training.distributed import DistributedInfo, all_gather_objects, all_reduce_sum, local_device, wrap_model
 from linformer_pt.training.logging import MetricsLogger, peak_tflops
 from linformer_pt.training.optim import build_lr_scheduler, build_optimizer
 from linformer_pt.training.precision import Precision
+from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock
+from linformer_pt.training.signals import StopSignals
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,6 +56,14 @@ class Window:
         self.gnorm_sum += stats["gnorm"]
         self.updates += 1
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The sums (not the clock): a run resumed mid-window logs the same averages as one that never stopped."""
+        return {"sums": dict(self.sums), "gnorm_sum": self.gnorm_sum, "updates": self.updates}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state:
+            self.sums, self.gnorm_sum, self.updates = dict(state["sums"]), state["gnorm_sum"], state["updates"]
+
     def summary(self, peak: float) -> Dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         loss = self.sums["loss_sum"] / max(self.sums["masked"], 1)
@@ -62,10 +80,20 @@ class Trainer:
     """Fits `model` on `task` as configured by `cfg`, writing logs and checkpoints under `output_dir` (rank 0)."""
 
     def __init__(
-        self, cfg: TrainConfig, task: Any, model: nn.Module, output_dir: Path, dist: DistributedInfo = DistributedInfo()
+        self,
+        cfg: TrainConfig,
+        task: Any,
+        model: nn.Module,
+        output_dir: Path,
+        dist: DistributedInfo = DistributedInfo(),
+        resume_from: Optional[Path] = None,
     ) -> None:
         self.cfg, self.task, self.output_dir, self.dist = cfg, task, Path(output_dir), dist
         self.device = local_device(resolve_device(cfg.common.device), dist)
+        self.provenance = provenance(task.provenance())  # hashes and git revision: once, not at every save
+        state = None if resume_from is None else load_resume_state(resume_from, cfg, self.provenance, dist.world_size)
+        if state is not None:
+            model.load_state_dict(state["model"])  # before wrapping: DDP broadcasts it, FSDP shards it
         self.model = model.to(self.device)
         self.sharded = dist.enabled and cfg.trainer.distributed_backend == "fsdp"
         self.wrapped = wrap_model(self.model, dist, cfg.trainer.distributed_backend)
@@ -81,9 +109,16 @@ class Trainer:
         self.overflows = 0
         self.best_valid_loss = math.inf
         self.last_valid: Dict[str, float] = {}
+        self.train_seconds = 0.0  # training time of earlier sessions of this run (stop_time_hours counts it)
         self.start_time = time.perf_counter()
+        self.window = Window()
+        self.metrics_lines = 0  # lines of metrics.jsonl that belong to the state (a resume cuts the rest)
         self.peak_tflops = t.peak_tflops or peak_tflops(self.device)
-        self.provenance = provenance(task.provenance())  # hashes and git revision: once, not at every save
+        ck = cfg.checkpoint
+        self.writer = CheckpointWriter(self.output_dir / ck.save_dir, ck.keep_last, ck.async_save)
+        self.resumed_from = resume_from
+        if state is not None:
+            restore_training_state(self, state)
 
     # ---- one update -------------------------------------------------------------------------------------
     def _to_device(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -149,7 +184,7 @@ class Trainer:
     def validate(self) -> Dict[str, float]:
         """Loss over the whole validation set (sharded over processes), with the same masks every time."""
         self.wrapped.eval()
-        self.valid_iterator.load_state_dict({"epoch": 1, "offset": 0})
+        self.valid_iterator.restart()
         loss_sum, masked = 0.0, 0.0
         batches = self.valid_iterator.epoch_iter()
         while True:
@@ -168,9 +203,6 @@ class Trainer:
         loss_sum, masked = all_reduce_sum([loss_sum, masked], self.device)
         loss = loss_sum / max(masked, 1)
         self.last_valid = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": int(masked)}
-        if loss < self.best_valid_loss:
-            self.best_valid_loss = loss
-            self.save(CHECKPOINT_BEST)
         return self.last_valid
 
     def _empty_batch(self) -> Dict[str, Tensor]:
@@ -182,7 +214,7 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """The full training state; with FSDP a collective call that gathers the shards (on the CPU)."""
+        """The full training state; a collective call (FSDP gathers shards, every process gives its data position)."""
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -207,83 +239,136 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "precision": self.precision.state_dict(),
             "update": self.update,
-            "train_iterator": self.train_iterator.state_dict(),
+            "world_size": self.dist.world_size,
+            "train_iterator": all_gather_objects(self.train_iterator.state_dict()),  # one position per process
             "best_valid_loss": self.best_valid_loss,
             "last_valid": self.last_valid,
+            "train_seconds": self._train_seconds(),
+            "overflows": self.overflows,
+            "log_window": self.window.state_dict(),
+            "metrics_lines": self.metrics_lines,
             "rng": rng_states(),
             "cfg": asdict(self.cfg),
             "model_args": {"vocab_size": self.task.vocab_size, "pad_id": self.task.pad_id},
             "provenance": self.provenance,
         }
 
-    def save(self, name: str = CHECKPOINT_LAST) -> Path:
-        """Write a checkpoint: rank 0 writes; with FSDP every process takes part in gathering the state."""
+    def save(self, name: str = CHECKPOINT_LAST, numbered: bool = False) -> Path:
+        """Write a checkpoint (in the background unless checkpoint.async_save=false); every process takes part."""
+        state = self.state_dict()
+        names = [name] + ([numbered_name(self.update)] if numbered else [])
         path = self.output_dir / self.cfg.checkpoint.save_dir / name
-        state = self.state_dict() if self.dist.is_main or self.sharded else None
         if self.dist.is_main:
-            save_checkpoint(path, state)
+            self.writer.save(state, names)
         return path
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
-        """Train until max_update, max_epoch or the time budget; validate at the start, every N updates, at the end."""
+        """Train until max_update, max_epoch, the time budget or a stop signal; validate and save on the way."""
+        with run_folder_lock(self.output_dir, self.dist.is_main), StopSignals() as signals:
+            # Lines past the checkpoint (all of them for a start that saved none) are logged again, once.
+            logger = MetricsLogger(self.output_dir, self.cfg, enabled=self.dist.is_main, keep_lines=self.metrics_lines,
+                                   purge_step=self.update if self.resumed_from else None)  # fmt: skip
+            try:
+                return self._fit(logger, signals)
+            finally:
+                self.writer.wait()  # the last checkpoint is on disk before the process may exit
+                logger.close()
+
+    def _fit(self, logger: MetricsLogger, signals: StopSignals) -> Dict[str, Any]:
         opt, log_cfg = self.cfg.optimization, self.cfg.logging
-        logger = MetricsLogger(self.output_dir, self.cfg, enabled=self.dist.is_main)
         if self.dist.is_main and hasattr(self.task, "tokenizer_path"):
             # The run folder is self-contained: its checkpoints' token ids are read with this tokenizer.
             shutil.copy(self.task.tokenizer_path, self.output_dir / "tokenizer.json")
-        first_valid = dict(self.validate())
-        self._log(logger, "valid", first_valid)
+        if self.resumed_from is None or not self.last_valid:
+            self._validate_and_log(logger)
+        first_valid = dict(self.last_valid)
+        if self._limit_reached(time_over=False):  # a finished run, rerun: nothing left to do
+            path = self.output_dir / self.cfg.checkpoint.save_dir / CHECKPOINT_LAST
+            return {"first_valid": first_valid, "final_valid": first_valid, "updates": self.update,
+                    "checkpoint": str(path), "metrics": str(logger.path), "finished_before": True}  # fmt: skip
         batches = self.train_iterator.forever()
-        window = Window()
         bar = tqdm(total=opt.max_update, initial=self.update, unit="upd", dynamic_ncols=True, desc="train",
                    disable=not (log_cfg.progress_bar and self.dist.is_main))  # fmt: skip
+        last_save = time.perf_counter()
+        stop = False
         try:
-            while not self._should_stop():
+            while not stop:
                 before, waited = self.update, time.perf_counter()
-                micro_batches = [next(batches) for _ in range(opt.update_freq)]
+                micro_batches = next(batches)
                 data_time = time.perf_counter() - waited  # the share of time spent waiting for data is logged
                 stats = self.train_step(micro_batches)
                 if self.update == before:
                     continue  # an fp16 overflow: nothing was learned, nothing to log
-                window.add({**stats, "data_time": data_time})
+                self.window.add({**stats, "data_time": data_time})
                 bar.update(1)
-                last = self._should_stop()
-                if self.update % log_cfg.log_interval == 0 or last:
-                    summary = {**window.summary(self.peak_tflops), "lr": stats["lr"]}
-                    if self.precision.dynamic:
-                        summary.update(loss_scale=stats["loss_scale"], overflows=self.overflows)
-                    shown = {"loss": f"{summary['loss']:.3f}", "ppl": f"{summary['ppl']:.1f}",
-                             "lr": f"{stats['lr']:.2e}", "gnorm": f"{summary['gnorm']:.2f}",
-                             "tok_s": f"{summary['tokens_per_s']:.0f}"}  # fmt: skip
-                    if self.precision.dynamic:
-                        shown["scale"] = f"{self.precision.scale:g}"
-                    bar.set_postfix(shown)
-                    self._log(logger, "train", summary)
-                    window = Window()
-                if opt.validate_interval_updates and self.update % opt.validate_interval_updates == 0 and not last:
-                    self._log(logger, "valid", self.validate())
-                save_every = self.cfg.checkpoint.save_interval_updates
-                if save_every and self.update % save_every == 0:
-                    self.save()
+                # One decision for all processes: each has its own clock and may have caught a signal alone.
+                signalled, time_over, save_due = self._agree([
+                    signals.requested, self._train_seconds() >= opt.stop_time_hours * 3600 > 0,
+                    time.perf_counter() - last_save >= self.cfg.checkpoint.save_interval_minutes * 60 > 0,
+                ])  # fmt: skip
+                stop = signalled or self._limit_reached(time_over)
+                # A stop on a signal logs nothing extra: the window's sums go into the checkpoint, and the resumed
+                # run logs the same records as a run that never stopped.
+                if self.update % log_cfg.log_interval == 0 or (stop and not signalled):
+                    self._log_train(logger, bar, stats)
+                if opt.validate_interval_updates and self.update % opt.validate_interval_updates == 0 and not stop:
+                    self._validate_and_log(logger)
+                every = self.cfg.checkpoint.save_interval_updates
+                numbered = bool(every) and self.update % every == 0
+                if numbered or save_due or signalled:
+                    self.save(numbered=numbered)
+                    last_save = time.perf_counter()
+                if signalled:
+                    self.writer.wait()
+                    signals.hand_over()  # under submitit: its handler requeues the job now
+                    raise RunInterrupted(
+                        f"{signals.describe()}: interrupted at update {self.update}; checkpoint written; rerun to "
+                        f"resume (the same command with hydra.run.dir={self.output_dir})", signals.exit_code,
+                    )  # fmt: skip
         finally:
             bar.close()
-        final_valid = self.validate()
-        self._log(logger, "valid", final_valid)
+        final_valid = self._validate_and_log(logger)
         checkpoint = self.save()
-        logger.close()
         return {"first_valid": first_valid, "final_valid": final_valid, "updates": self.update,
                 "checkpoint": str(checkpoint), "metrics": str(logger.path)}  # fmt: skip
 
-    def _should_stop(self) -> bool:
+    def _agree(self, flags: List[bool]) -> List[bool]:
+        """Each flag true on any process is true on all (one small all-reduce per update)."""
+        return [total > 0 for total in all_reduce_sum([float(f) for f in flags], self.device)]
+
+    def _limit_reached(self, time_over: bool) -> bool:
         opt = self.cfg.optimization
-        hours = (time.perf_counter() - self.start_time) / 3600
-        return (
-            self.update >= opt.max_update
-            or (opt.max_epoch > 0 and self.train_iterator.epoch > opt.max_epoch)
-            or (opt.stop_time_hours > 0 and hours >= opt.stop_time_hours)
-        )
+        epochs_done = opt.max_epoch > 0 and self.train_iterator.epoch > opt.max_epoch
+        return self.update >= opt.max_update or epochs_done or time_over
+
+    def _train_seconds(self) -> float:
+        """Training time of this run over all its sessions (a resumed run keeps its time budget)."""
+        return self.train_seconds + time.perf_counter() - self.start_time
+
+    def _validate_and_log(self, logger: MetricsLogger) -> Dict[str, float]:
+        """Validate, log, then keep the weights as checkpoint_best.pt if they are the best so far."""
+        result = self.validate()
+        self._log(logger, "valid", result)
+        if self.cfg.checkpoint.keep_best and result["loss"] < self.best_valid_loss:
+            self.best_valid_loss = result["loss"]
+            self.save(CHECKPOINT_BEST)
+        return result
+
+    def _log_train(self, logger: MetricsLogger, bar: tqdm, stats: Dict[str, float]) -> None:
+        # FLOPs are summed over processes: MFU divides by the peak of all of them.
+        summary = {**self.window.summary(self.peak_tflops * self.dist.world_size), "lr": stats["lr"]}
+        if self.precision.dynamic:
+            summary.update(loss_scale=stats["loss_scale"], overflows=self.overflows)
+        shown = {"loss": f"{summary['loss']:.3f}", "ppl": f"{summary['ppl']:.1f}", "lr": f"{stats['lr']:.2e}",
+                 "gnorm": f"{summary['gnorm']:.2f}", "tok_s": f"{summary['tokens_per_s']:.0f}"}  # fmt: skip
+        if self.precision.dynamic:
+            shown["scale"] = f"{self.precision.scale:g}"
+        bar.set_postfix(shown)
+        self._log(logger, "train", summary)
+        self.window = Window()
 
     def _log(self, logger: MetricsLogger, split: str, values: Dict[str, float]) -> None:
-        wall = time.perf_counter() - self.start_time
+        wall = self._train_seconds()
         logger.log({"split": split, "update": self.update, "epoch": self.train_iterator.epoch, "wall": wall, **values})
+        self.metrics_lines += 1

@@ -6,13 +6,14 @@ from linformer_pt.data.binarize import TokenizedCorpus, TokenizedShard
 from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate, mask_tokens
 
 MASK, NUM_SPECIAL, VOCAB = 4, 5, 1000
+IS_SPECIAL = np.arange(VOCAB) < NUM_SPECIAL  # the standard layout: <s> <pad> </s> <unk> <mask> = 0..4
 
 
 def test_masking_proportions_match_bert():
     rng = np.random.default_rng(0)
     tokens = rng.integers(NUM_SPECIAL, VOCAB, size=200_000)
     tokens[::50] = 2  # </s> sprinkled in: never masked
-    inputs, masked = mask_tokens(tokens, rng, MaskingConfig(), MASK, NUM_SPECIAL, VOCAB)
+    inputs, masked = mask_tokens(tokens, rng, MaskingConfig(), MASK, IS_SPECIAL)
     candidates = tokens >= NUM_SPECIAL
     assert not masked[~candidates].any()
     assert masked.sum() / candidates.sum() == pytest.approx(0.15, abs=0.002)
@@ -32,7 +33,7 @@ def make_dataset(seed: int = 1) -> MaskedLMDataset:
     shard = TokenizedShard(np.concatenate(docs).astype(np.uint16), offsets, np.arange(len(docs) + 1))
     corpus = TokenizedCorpus([shard])
     ids = {"bos": 0, "pad": 1, "eos": 2, "mask": MASK}
-    return MaskedLMDataset(corpus, 32, "none", MaskingConfig(), ids, VOCAB, seed)
+    return MaskedLMDataset(corpus, 32, "none", MaskingConfig(), ids, IS_SPECIAL, seed)
 
 
 def test_samples_are_a_pure_function_of_seed_epoch_and_index():
@@ -73,7 +74,7 @@ def test_whole_word_masking_masks_words_entirely():
     tokens = rng.integers(NUM_SPECIAL, VOCAB, size=50_000)
     begins = np.zeros(VOCAB, dtype=bool)
     begins[NUM_SPECIAL::3] = True  # a third of the vocabulary starts words
-    inputs, masked = mask_tokens(tokens, rng, MaskingConfig(), MASK, NUM_SPECIAL, VOCAB, word_begins=begins)
+    inputs, masked = mask_tokens(tokens, rng, MaskingConfig(), MASK, IS_SPECIAL, word_begins=begins)
     word_id = np.cumsum(begins[tokens]) - 1
     per_word = np.bincount(word_id, weights=masked) / np.bincount(word_id)
     assert set(np.unique(per_word)) <= {0.0, 1.0}  # never part of a word
@@ -83,7 +84,7 @@ def test_whole_word_masking_masks_words_entirely():
 def test_span_masking_masks_runs_of_the_given_length():
     rng = np.random.default_rng(0)
     tokens = rng.integers(NUM_SPECIAL, VOCAB, size=50_000)
-    _, masked = mask_tokens(tokens, rng, MaskingConfig(mask_multiple_length=3), MASK, NUM_SPECIAL, VOCAB)
+    _, masked = mask_tokens(tokens, rng, MaskingConfig(mask_multiple_length=3), MASK, IS_SPECIAL)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], masked.astype(int), [0]])))
     runs = edges[1::2] - edges[::2]
     assert masked.mean() == pytest.approx(0.15, abs=0.01)

@@ -16,7 +16,7 @@ import torch.utils.data
 from linformer_pt.data.masking import MaskingConfig
 from linformer_pt.data.sources import iter_documents, write_documents
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
-from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, train_tokenizer
+from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, special_mask, train_tokenizer
 from linformer_pt.errors import UserError
 
 TOKENS_PER_SAMPLE = 16
@@ -65,11 +65,11 @@ def write(path: Path, docs: Sequence[str]) -> Path:
 
 
 LAYOUTS = {
-    # 4 files, 2 ranks: 2 files per rank, one per worker (datasets splits by files at both levels)
+    # 4 files, 2 ranks x 2 workers: one whole file per (rank, worker) slot
     "4 files, one per format": ["a.txt", "b.jsonl", "c.csv", "d.parquet"],
-    # 3 files, 2 ranks: every 2nd record per rank; workers still split by files
+    # 3 files, 4 slots: every slot reads every 4th record of each file
     "3 files": ["a.txt", "b.txt", "c.jsonl"],
-    # 1 file: every 2nd record per rank, then every 2nd record of that per worker (the fallback)
+    # 1 file: the same, within the one file
     "1 file": ["a.txt"],
 }
 
@@ -80,7 +80,7 @@ def write_layout(folder: Path, names: List[str]) -> List[Path]:
 
 def make_dataset(tokenizer, special_ids, paths, rank=0, world_size=1, **kwargs) -> StreamingMaskedLM:
     return StreamingMaskedLM(
-        paths, "text", tokenizer, special_ids, tokenizer.get_vocab_size(), TOKENS_PER_SAMPLE, MaskingConfig(),
+        paths, "text", tokenizer, special_ids, special_mask(tokenizer), TOKENS_PER_SAMPLE, MaskingConfig(),
         seed=3, rank=rank, world_size=world_size, **kwargs,
     )  # fmt: skip
 
@@ -157,43 +157,39 @@ def assert_same_batches(a: List[Dict[str, torch.Tensor]], b: List[Dict[str, torc
 def test_same_settings_give_the_same_batches_and_epochs_change_the_masks(tmp_path, tokenizer, special_ids):
     paths = write_layout(tmp_path, LAYOUTS["3 files"])
     make = lambda: StreamingBatchIterator(make_dataset(tokenizer, special_ids, paths), 4)  # noqa: E731
-    first, again = epoch_batches(make()), epoch_batches(make())
+    iterator = make()
+    first, again = epoch_batches(iterator), epoch_batches(make())
     assert_same_batches(first, again)
-    later = make()
-    later.load_state_dict({"epoch": 2, "offset": 0})
-    second = epoch_batches(later)
+    assert iterator.epoch == 2
+    second = epoch_batches(iterator)
     assert len(second) == len(first)
     assert any(not torch.equal(a["masked_positions"], b["masked_positions"]) for a, b in zip(first, second))
     # Same text (no shuffle), different masks.
     pad = special_ids["pad"]
     assert [unmasked_tokens(b, pad) for b in first] == [unmasked_tokens(b, pad) for b in second]
-
-
-def test_resume_continues_with_the_batches_of_an_uninterrupted_run(tmp_path, tokenizer, special_ids):
-    paths = write_layout(tmp_path, LAYOUTS["4 files, one per format"])
-    make = lambda: StreamingBatchIterator(make_dataset(tokenizer, special_ids, paths), 4, num_workers=2)  # noqa: E731
-    uninterrupted = make()
-    reference = list(zip(range(20), uninterrupted.forever()))
-    per_epoch = len(epoch_batches(make()))
-    assert 6 < per_epoch < 17, "the test wants resumes inside epoch 1 and across into epoch 2"
-
-    interrupted = make()
-    batches = interrupted.forever()
-    for _ in range(3):
-        next(batches)
-    state = interrupted.state_dict()
-    assert state == {"epoch": 1, "offset": 3}
-    resumed = make()
-    resumed.load_state_dict(state)
-    assert_same_batches([b for _, b in zip(range(17), resumed.forever())], [b for _, b in reference[3:]])
+    iterator.restart()
+    assert (iterator.epoch, iterator.state_dict()["streams"]) == (1, {})
+    assert_same_batches(epoch_batches(iterator), first)
 
 
 def test_position_after_an_epoch_last_batch_is_the_next_epoch(tmp_path, tokenizer, special_ids):
     paths = write_layout(tmp_path, LAYOUTS["1 file"])
     iterator = StreamingBatchIterator(make_dataset(tokenizer, special_ids, paths), 4)
     positions = [iterator.state_dict() for _ in iterator.epoch_iter()]
-    assert positions[-2] == {"epoch": 1, "offset": len(positions) - 1}
-    assert positions[-1] == {"epoch": 2, "offset": 0}
+    assert [p["epoch"] for p in positions] == [1] * (len(positions) - 1) + [2]
+    assert positions[-2]["batches"] == len(positions) - 1 and positions[-2]["streams"]
+    assert (positions[-1]["batches"], positions[-1]["streams"]) == (0, {})
+
+
+def test_forever_groups_update_freq_batches_across_epochs(tmp_path, tokenizer, special_ids):
+    paths = write_layout(tmp_path, LAYOUTS["1 file"])
+    per_epoch = epoch_batches(StreamingBatchIterator(make_dataset(tokenizer, special_ids, paths), 4))
+    iterator = StreamingBatchIterator(make_dataset(tokenizer, special_ids, paths), 4, update_freq=3)
+    groups = [group for _, group in zip(range(len(per_epoch)), iterator.forever())]
+    assert all(len(group) == 3 for group in groups)
+    flat = [batch for group in groups for batch in group]
+    assert_same_batches(flat[: len(per_epoch)], per_epoch)
+    assert iterator.epoch == 4  # the groups hold exactly 3 epochs' batches: the last one ends epoch 3
 
 
 def test_masking_rate_and_special_tokens(tmp_path, tokenizer, special_ids):
@@ -238,10 +234,10 @@ def test_bad_sources_fail_with_one_line(tmp_path, tokenizer, special_ids):
         make_dataset(tokenizer, special_ids, [tmp_path / "missing.txt"])
     table = write(tmp_path / "t.csv", DOCS[:3])
     with pytest.raises(UserError, match="no column 'body'"):
-        StreamingMaskedLM([table], "body", tokenizer, special_ids, 400, 16, MaskingConfig(), seed=0)
+        StreamingMaskedLM([table], "body", tokenizer, special_ids, special_mask(tokenizer), 16, MaskingConfig(), seed=0)
     records = write(tmp_path / "r.jsonl", DOCS[:3])
     with pytest.raises(UserError, match="no field 'body'"):
-        list(StreamingMaskedLM([records], "body", tokenizer, special_ids, 400, 16, MaskingConfig(), seed=0))
+        list(StreamingMaskedLM([records], "body", tokenizer, special_ids, special_mask(tokenizer), 16, MaskingConfig(), seed=0))
     broken = tmp_path / "broken.txt"
     broken.write_bytes(b"good line\n\xff\xfe bad\n")
     with pytest.raises(UserError, match="not UTF-8.*encoding_errors=replace"):

@@ -31,7 +31,7 @@ def test_two_processes_match_one_process_at_double_batch(backend, cache_dir, tmp
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     two = subprocess.run(
         [*torchrun, *module, *common, f"trainer.distributed_backend={backend}",
-         "optimization.update_freq=2", "dataset.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}"],
+         "optimization.update_freq=2", "dataset.batch_size=4", "trainer.peak_tflops=1", f"hydra.run.dir={tmp_path / 'two'}"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr
@@ -42,6 +42,7 @@ def test_two_processes_match_one_process_at_double_batch(backend, cache_dir, tmp
     for a, b in zip(single, double):
         assert abs(a["loss"] - b["loss"]) < 1e-5 * a["loss"]  # the same samples, sharded over the two ranks
         assert abs(a["gnorm"] - b["gnorm"]) < 1e-4 * a["gnorm"]  # gradients summed over ranks, normalised once
+        assert b["mfu"] == pytest.approx(b["tflops"] / 2)  # FLOPs of both processes over the peak of both
     params_one = load_checkpoint(tmp_path / "one" / "checkpoints" / "checkpoint_last.pt")["model"]
     params_two = load_checkpoint(tmp_path / "two" / "checkpoints" / "checkpoint_last.pt")["model"]
     for name, value in params_one.items():

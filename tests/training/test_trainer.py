@@ -31,8 +31,8 @@ def test_accumulating_two_half_batches_equals_one_full_batch(base, tmp_path):
     grads_half, grads_full = record_gradients(half), record_gradients(full)
     it_half, it_full = half.train_iterator.forever(), full.train_iterator.forever()
     for _ in range(3):
-        a = half.train_step([next(it_half), next(it_half)])
-        b = full.train_step([next(it_full)])
+        a = half.train_step(next(it_half))
+        b = full.train_step(next(it_full))
         assert (a["masked"], a["tokens"]) == (b["masked"], b["tokens"])
         assert a["loss_sum"] == pytest.approx(b["loss_sum"], rel=1e-5)
         assert a["gnorm"] == pytest.approx(b["gnorm"], rel=1e-4)
@@ -44,17 +44,17 @@ def test_accumulating_two_half_batches_equals_one_full_batch(base, tmp_path):
 def test_fp16_overflow_skips_the_update_and_lowers_the_scale(base, tmp_path):
     trainer = build_trainer(base + ["trainer.precision=fp16", "trainer.fp16_init_scale=1024"], tmp_path)
     batches = trainer.train_iterator.forever()
-    trainer.train_step([next(batches)])
+    trainer.train_step(next(batches))
     assert trainer.update == 1
     before = [p.detach().clone() for p in trainer.model.parameters()]
     # Inject an overflow: an infinite gradient in one parameter.
     hook = trainer.model.lm_bias.register_hook(lambda g: torch.full_like(g, math.inf))
-    trainer.train_step([next(batches)])
+    trainer.train_step(next(batches))
     hook.remove()
     assert trainer.update == 1 and trainer.overflows == 1
     assert trainer.precision.scale == 512
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    trainer.train_step([next(batches)])
+    trainer.train_step(next(batches))
     assert trainer.update == 2 and trainer.precision.scale == 512
 
 
@@ -102,8 +102,8 @@ def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(base
         for layer in trainer.model.encoder.layers:
             layer.self_attn.register_forward_hook(lambda *a, name=name: calls.__setitem__(name, calls[name] + 1))
     grads_plain, grads_ckpt = record_gradients(plain), record_gradients(ckpt)
-    plain.train_step([next(plain.train_iterator.forever())])
-    ckpt.train_step([next(ckpt.train_iterator.forever())])
+    plain.train_step(next(plain.train_iterator.forever()))
+    ckpt.train_step(next(ckpt.train_iterator.forever()))
     layers = len(plain.model.encoder.layers)
     assert calls == {"plain": layers, "ckpt": 2 * layers}  # each Linformer layer ran again in backward
     for ga, gb in zip(grads_plain[0], grads_ckpt[0]):
