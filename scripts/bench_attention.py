@@ -2,6 +2,7 @@
 Like the Linformer paper's Table 3. Run: .venv/bin/python scripts/bench_attention.py [--n 512 1024 --k 64 ...] (--help)
 """
 import argparse
+import gc
 import json
 import math
 import platform
@@ -136,18 +137,45 @@ def make_points(args: argparse.Namespace) -> List[Dict]:
         for scope in SCOPES:
             variants = variants_at(n, args.k)
             points.append({"kind": "time", "scope": scope, "n": n, "variants": variants, **common})
-            points += [{"kind": "memory", "scope": scope, "n": n, "variant": v, **common} for v in variants]
+            # The CPU's high-water mark (max RSS) never goes down, so one process cannot measure CPU memory per point.
+            if not (args.same_process and args.device == "cpu"):
+                points += [{"kind": "memory", "scope": scope, "n": n, "variant": v, **common} for v in variants]
     return points
 
 
-def collect(points: List[Dict], timeout: float) -> List[Dict]:
-    """Run every point in its own process and merge time and memory into one row per (scope, n, variant)."""
+def measure_here(point: Dict) -> Dict:
+    """One point in this process (--same-process); an error such as CUDA running out of memory becomes data."""
+    try:
+        return measure_times(point) if point["kind"] == "time" else measure_memory(point)
+    except Exception as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        return {"error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"}
+    finally:
+        gc.collect()  # free this point's modules before the next one's peak is measured
+        if point["device"].startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def measure_point(point: Dict, timeout: float, same_process: bool) -> Dict:
+    if not same_process:
+        return run_point(__file__, point, timeout)
+    result = measure_here(point)
+    if "error" in result and point["kind"] == "time" and len(point["variants"]) > 1:
+        # One variant that does not fit (naive attention at the largest n) would leave the others untimed: time
+        # each alone instead.
+        alone = {v: measure_here({**point, "variants": [v]}) for v in point["variants"]}
+        result = {v: r.get(v, {"error": f"time: {r.get('error')}"}) for v, r in alone.items()}
+    return result
+
+
+def collect(points: List[Dict], timeout: float, same_process: bool = False) -> List[Dict]:
+    """Run every point (in its own process unless `same_process`) and merge time and memory into one row per
+    (scope, n, variant)."""
     rows: Dict[Tuple, Dict] = {}
     progress = tqdm(points, unit="point")
     for point in progress:
         label = point.get("variant", "all variants")
         progress.set_postfix_str(f"{point['kind']} {point['scope']} n={point['n']} {label}")
-        result = run_point(__file__, point, timeout)
+        result = measure_point(point, timeout, same_process)
         for variant in point.get("variants", [point.get("variant")]):
             key = (point["scope"], point["n"], variant)
             row = rows.setdefault(key, {"scope": key[0], "n": key[1], "variant": variant, **dict.fromkeys(RESULT_KEYS)})
@@ -228,6 +256,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads per point (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point before it counts as missing")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_attention"))
+    parser.add_argument(
+        "--same-process", action="store_true",
+        help="measure every point in this process, not one fresh process each (CUDA: the allocator's peak counter "
+        "resets per point, so memory stays exact and the per-point start-up is saved; on the CPU: times only). "
+        "--timeout is not enforced",
+    )  # fmt: skip
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: measure one point (JSON) in this process
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -245,7 +279,7 @@ def main() -> None:
         return
     env = environment(args.device, args.threads)
     print("environment: " + ", ".join(f"{key} {value}" for key, value in env.items()))
-    rows = collect(make_points(args), args.timeout)
+    rows = collect(make_points(args), args.timeout, args.same_process)
     add_ratios(rows)
     settings = {"batch": BATCH, "embed_dim": EMBED_DIM, "heads": HEADS, "ffn_dim": FFN_DIM, "dropout": 0.0}
     settings.update(device=args.device, dtype=args.dtype, sharing=args.sharing)

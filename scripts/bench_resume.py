@@ -52,7 +52,8 @@ def build_corpus(files: List[Path], tokens: float, work: Path) -> Dict[str, Path
     for f in outputs:
         f.close()
     (work / "valid.txt").write_text(text[: 200_000], encoding="utf-8")
-    return {"corpus": corpus, "valid": work / "valid.txt", "tokenizer": work / "tokenizer.json"}
+    return {"corpus": corpus, "valid": work / "valid.txt", "tokenizer": work / "tokenizer.json",
+            "bytes_per_token": bytes_per_token}  # fmt: skip
 
 
 def first_update_seconds(args: List[str], run_dir: Path, update: int) -> float:
@@ -72,7 +73,7 @@ def first_update_seconds(args: List[str], run_dir: Path, update: int) -> float:
     return elapsed
 
 
-def late_position(args: List[str], fraction: float) -> Dict:
+def late_position(args: List[str], fraction: float, bytes_per_token: float) -> Dict:
     """The data position `fraction` of the way through epoch 1, as the task's own iterator reports it."""
     from hydra import compose, initialize_config_module
 
@@ -89,7 +90,7 @@ def late_position(args: List[str], fraction: float) -> Dict:
         iterator.load_state_dict({**iterator.state_dict(), "offset": updates})
         return {"state": iterator.state_dict(), "updates": updates}
     # A stream has no index: walk it once (setup, not measured) to learn its position that far in.
-    total_tokens = sum(p.stat().st_size for p in Path(cfg.dataset.train_files[0]).iterdir()) / 4.3
+    total_tokens = sum(p.stat().st_size for p in Path(cfg.dataset.train_files[0]).iterdir()) / bytes_per_token
     updates = int(total_tokens * fraction / (cfg.dataset.batch_size * cfg.task.tokens_per_sample))
     batches = iterator.forever()
     for _ in range(updates):
@@ -97,12 +98,12 @@ def late_position(args: List[str], fraction: float) -> Dict:
     return {"state": iterator.state_dict(), "updates": updates}
 
 
-def measure(mode: str, args: List[str], work: Path, fraction: float) -> Dict:
+def measure(mode: str, args: List[str], work: Path, fraction: float, bytes_per_token: float) -> Dict:
     fresh_dir, resume_dir = work / f"{mode}-fresh", work / f"{mode}-resume"
     shutil.rmtree(fresh_dir, ignore_errors=True)
     shutil.rmtree(resume_dir, ignore_errors=True)
     fresh = first_update_seconds(args + ["optimization.max_update=1"], fresh_dir, 1)
-    position = late_position(args, fraction)
+    position = late_position(args, fraction, bytes_per_token)
     shutil.copytree(fresh_dir, resume_dir)
     path = resume_dir / "checkpoints" / "checkpoint_last.pt"
     state = torch.load(path, weights_only=False)
@@ -137,8 +138,9 @@ def main() -> None:
     ]  # fmt: skip
     # The token cache is built once, outside the timings (linformer-preprocess's job; see bench_data.py).
     first_update_seconds(common + ["optimization.max_update=1"], work / "warm-cache", 1)
-    rows = [measure("shards", common, work, opts.fraction),
-            measure("streaming", common + ["dataset.streaming=true"], work, opts.fraction)]  # fmt: skip
+    bpt = paths["bytes_per_token"]
+    rows = [measure("shards", common, work, opts.fraction, bpt),
+            measure("streaming", common + ["dataset.streaming=true"], work, opts.fraction, bpt)]  # fmt: skip
     print(f"corpus: {sum(p.stat().st_size for p in paths['corpus'].iterdir()) / 1e6:.0f} MB in {PARTS} files")
     print(f"| data | fresh start to first update (s) | resume at {opts.fraction:.0%} of the epoch (s) | ratio |")
     print("| --- | ---: | ---: | ---: |")

@@ -23,6 +23,7 @@ def test_good_run_exits_zero_and_writes_checkpoint_and_log(quick, tmp_path):
     result = cli(*quick, "model.k=8", "model.sharing=kv", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"output folder: {run_dir}" in result.stdout
+    assert any(line.startswith(("no CUDA device: training on the CPU", "device: ")) for line in result.stdout.splitlines())
     assert (run_dir / "checkpoints" / "checkpoint_last.pt").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3  # valid, train, valid
     assert "upd/s" in result.stderr  # the progress bar, with its rate

@@ -62,6 +62,7 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
     say(f"output folder: {output_dir}", flush=True)
     params = sum(p.numel() for p in model.parameters())
     say(f"model: {config.model.name}, {params / 1e6:.2f}M parameters; vocabulary {task.vocab_size}", flush=True)
+    say(device_line(config.common.device, config.trainer.precision, dist.world_size), flush=True)
     if dist.enabled:
         say(f"distributed: {dist.world_size} processes", flush=True)
     trainer = Trainer(config, task, model, output_dir, dist, resume_from)
@@ -72,13 +73,27 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
     if summary.get("finished_before"):
         say(f"this run already finished at update {summary['updates']} (raise optimization.max_update to continue)")
     first, final = summary["first_valid"], summary["final_valid"]
+    # No first validation (optimization.validate_at_start=false): only the final result.
+    loss = f"{first['loss']:.3f} -> {final['loss']:.3f}" if first else f"{final['loss']:.3f}" if final else "n/a"
+    ppl = f"{first['ppl']:.1f} -> {final['ppl']:.1f}" if first else f"{final['ppl']:.1f}" if final else "n/a"
     say(
-        f"done: {summary['updates']} updates; valid loss {first['loss']:.3f} -> {final['loss']:.3f} "
-        f"(ppl {first['ppl']:.1f} -> {final['ppl']:.1f})\n"
+        f"done: {summary['updates']} updates; valid loss {loss} (ppl {ppl})\n"
         f"checkpoint: {summary['checkpoint']}\nmetrics: {summary['metrics']}\noutput folder: {output_dir}",
         flush=True,
     )
     return summary
+
+
+def device_line(requested: str, precision: str, world_size: int = 1) -> str:
+    """One line saying what the run trains on: GPU name and count with the precision, or the CPU (and why)."""
+    device = resolve_device(requested)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        count = f"{world_size} x " if world_size > 1 else ""  # one GPU per process
+        return f"device: {count}{name}, precision {precision}"
+    if requested == "auto":
+        return f"no CUDA device: training on the CPU (precision {precision})"
+    return f"device: CPU, precision {precision}"
 
 
 def check_same_tokenizer(checkpoint: Dict[str, Any], tokenizer_sha256: str, path: str) -> None:

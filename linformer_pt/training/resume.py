@@ -74,8 +74,10 @@ def check_compatible(state: Dict[str, Any], cfg: TrainConfig, provenance: Dict[s
         refuse(_differences(saved["task"], now["task"], "task"), hint)
         refuse(_differences(saved["common"], now["common"], "common", {"device", "threads"}), hint)
         streaming = now["dataset"]["streaming"]
+        # Paths may move (another node, another mount): the content check above compares the files themselves.
+        free = {"batch_size", "num_workers", "cache_dir", "train_files", "valid_files", "path"}
         refuse(_differences(saved["dataset"], now["dataset"], "dataset",
-                            {"batch_size", "num_workers", "cache_dir"} | (set() if streaming else {"streaming"})), hint)  # fmt: skip
+                            free | (set() if streaming else {"streaming"})), hint)  # fmt: skip
         before, after = global_batch(saved, state.get("world_size", 1)), global_batch(now, world_size)
         refuse([f"the global batch (dataset.batch_size x processes x optimization.update_freq) is {before} in the "
                 f"checkpoint, {after} now"] if before != after else [], hint)  # fmt: skip

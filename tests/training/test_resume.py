@@ -48,8 +48,19 @@ def overrides(small_corpus, cache_dir) -> List[str]:
 def launch(args: List[str], run_dir: Path, torchrun: int = 0) -> subprocess.Popen:
     prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
               "-m", "linformer_pt.cli.train"] if torchrun else MODULE  # fmt: skip
+    # A session of its own, so that kill_all() can reap what a kill -9 of the main process leaves behind.
     return subprocess.Popen([*prefix, *args, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+
+
+def kill_main(proc: subprocess.Popen) -> None:
+    """kill -9 of the training process alone (its DataLoader workers outlive it for a moment), then reap them."""
+    proc.kill()
+    proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # orphaned workers would otherwise linger
+    except ProcessLookupError:
+        pass
 
 
 def finish(proc: subprocess.Popen, expect: int = 0) -> str:
@@ -107,8 +118,7 @@ def test_kill_9_at_any_point_then_rerun_equals_an_uninterrupted_run(overrides, e
     for kill_at in (5, 13):  # inside the first epoch, then past an epoch boundary and between checkpoints
         proc = launch(args, run_dir)
         wait_for_update(run_dir, kill_at, proc)
-        proc.kill()  # SIGKILL: no handler runs, a checkpoint write may be cut in the middle
-        proc.wait()
+        kill_main(proc)  # SIGKILL: no handler runs, a checkpoint write may be cut in the middle
     out = finish(launch(args, run_dir))
     assert "resuming from" in out and "resumed at update" in out
     assert_same_run(run_dir, ref)
