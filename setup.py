@@ -17,6 +17,7 @@ setup(
         "linformer_pt.tasks",
         "linformer_pt.training",
         "linformer_pt.configs",
+        "linformer_pt.hf",
     ],
     # The top-level configs/ folder is the package linformer_pt.configs, so that Hydra finds it
     # through pkg:// from an editable checkout, a wheel, or the Docker image alike.
@@ -37,13 +38,17 @@ setup(
         "wandb": ["wandb>=0.16"],
         "plot": ["matplotlib>=3.7"],
         "slurm": ["hydra-submitit-launcher>=1.2"],
-        "dev": ["pytest>=7.4", "matplotlib>=3.7", "wandb>=0.16", "hydra-submitit-launcher>=1.2"],
+        "hf": ["transformers>=5.0"],  # exports also load through transformers' Auto classes (linformer_pt/hf/)
+        "dev": ["pytest>=7.4", "matplotlib>=3.7", "wandb>=0.16", "hydra-submitit-launcher>=1.2", "transformers>=5.0"],
     },
     entry_points={
         "console_scripts": [
             "linformer-train=linformer_pt.cli.train:main",
             "linformer-preprocess=linformer_pt.cli.preprocess:main",
             "linformer-train-tokenizer=linformer_pt.cli.preprocess:main_tokenizer",
+            "linformer-export=linformer_pt.cli.export:main",
+            "linformer-eval=linformer_pt.cli.eval:main",
+            "linformer-fill-mask=linformer_pt.cli.fill_mask:main",
         ],
     },
 )

@@ -96,6 +96,8 @@ class DatasetConfig:
     cache_dir: str = "data/cache"
     batch_size: int = 32
     num_workers: int = 0
+    # Validate on a fixed, seeded subset of about this many tokens (seconds on a CPU); 0: the whole valid set.
+    max_valid_tokens: int = 100_000
 
     def __post_init__(self) -> None:
         self.train_files, self.valid_files = _path_list(self.train_files), _path_list(self.valid_files)
@@ -128,6 +130,7 @@ class DatasetConfig:
         check(0.0 < self.valid_fraction < 0.5, f"dataset.valid_fraction={self.valid_fraction} must be in (0, 0.5)")
         check(self.batch_size > 0, f"dataset.batch_size={self.batch_size} must be > 0")
         check(self.num_workers >= 0, f"dataset.num_workers={self.num_workers} must be >= 0")
+        check(self.max_valid_tokens >= 0, f"dataset.max_valid_tokens={self.max_valid_tokens} must be >= 0 (0: all)")
 
 
 @dataclass
@@ -135,8 +138,10 @@ class TokenizerConfig:
     path: Optional[str] = None  # an existing tokenizer.json; None trains one on the training corpus
     vocab_size: int = 8192
     min_frequency: int = 2
+    max_train_bytes: int = 0  # train on the first this many bytes of training text; 0: all of it
 
     def __post_init__(self) -> None:
+        check(self.max_train_bytes >= 0, f"tokenizer.max_train_bytes={self.max_train_bytes} must be >= 0 (0: all)")
         check(self.vocab_size >= 300, f"tokenizer.vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)")
         check(self.min_frequency >= 0, f"tokenizer.min_frequency={self.min_frequency} must be >= 0")
         if self.path is not None:
@@ -152,6 +157,7 @@ class OptimizationConfig:
     clip_norm: float = 1.0  # 0 disables clipping (the norm is still logged)
     validate_interval_updates: int = 100  # 0: validate only at the end
     stop_time_hours: float = 0.0  # wall-clock budget; 0: none
+    validate_at_start: bool = True  # a fresh run validates before its first update (a resumed one never does)
 
     def __post_init__(self) -> None:
         check(self.max_update > 0, f"optimization.max_update={self.max_update} must be > 0")
@@ -258,9 +264,13 @@ class PreprocessConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     output: str = ""  # shard folder (default: <cache_dir>/preprocessed-<hash>) | tokenizer.json path
     shard_tokens: int = 1 << 27  # tokens per shard file
+    chunk_bytes: int = 1 << 22  # text encoded at a time: peak memory grows with this, not with the corpus
+    workers: int = 1  # processes encoding chunks in parallel (the output is the same for any number)
 
     def __post_init__(self) -> None:
         check(self.shard_tokens > 0, f"shard_tokens={self.shard_tokens} must be > 0")
+        check(self.chunk_bytes > 0, f"chunk_bytes={self.chunk_bytes} must be > 0")
+        check(self.workers >= 1, f"workers={self.workers} must be >= 1")
         check_text("output", self.output, allow_empty=True)
 
 
@@ -274,6 +284,7 @@ def load_preprocess_config(cfg: DictConfig) -> PreprocessConfig:
     return PreprocessConfig(
         build_dataclass("dataset", DatasetConfig, plain["dataset"]),
         build_dataclass("tokenizer", TokenizerConfig, plain["tokenizer"]), plain["output"], plain["shard_tokens"],
+        plain["chunk_bytes"], plain["workers"],
     )  # fmt: skip
 
 

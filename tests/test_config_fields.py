@@ -46,15 +46,18 @@ BAD = {
     "dataset.cache_dir": ["dataset.cache_dir=''"],
     "dataset.batch_size": ["dataset.batch_size=0"],
     "dataset.num_workers": ["dataset.num_workers=-1"],
+    "dataset.max_valid_tokens": ["dataset.max_valid_tokens=-1"],
     "tokenizer.path": ["tokenizer.path=/no/such/tokenizer.json"],
     "tokenizer.vocab_size": ["tokenizer.vocab_size=299"],
     "tokenizer.min_frequency": ["tokenizer.min_frequency=-3"],
+    "tokenizer.max_train_bytes": ["tokenizer.max_train_bytes=-1"],
     "optimization.max_update": ["optimization.max_update=0"],
     "optimization.max_epoch": ["optimization.max_epoch=-1"],
     "optimization.update_freq": ["optimization.update_freq=0"],
     "optimization.clip_norm": ["optimization.clip_norm=-1"],
     "optimization.validate_interval_updates": ["optimization.validate_interval_updates=-1"],
     "optimization.stop_time_hours": ["optimization.stop_time_hours=-1"],
+    "optimization.validate_at_start": ["optimization.validate_at_start=maybe"],
     "trainer.precision": ["trainer.precision=fp8"],
     "trainer.fp16_init_scale": ["trainer.fp16_init_scale=0"],
     "trainer.fp16_scale_window": ["trainer.fp16_scale_window=0"],
@@ -123,6 +126,8 @@ BAD = {
 BAD_PREPROCESS = {
     "output": ["output=' data/books'"],
     "shard_tokens": ["shard_tokens=0"],
+    "chunk_bytes": ["chunk_bytes=0"],
+    "workers": ["workers=0"],
 }  # dataset and tokenizer: the same dataclasses as training's, covered above
 
 

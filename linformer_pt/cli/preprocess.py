@@ -22,7 +22,7 @@ from linformer_pt.data.cache import build_folder, cached_dir, check_replaceable,
 from linformer_pt.data.corpus import resolve_sources
 from linformer_pt.errors import UserError
 from linformer_pt.data.tokenizer import (
-    EOS, TEXT_ENCODING, TOKENIZER_FILE, cached_tokenizer, load_tokenizer, train_tokenizer,
+    EOS, TEXT_ENCODING, TOKENIZER_FILE, cached_tokenizer, first_bytes, load_tokenizer, train_tokenizer,
 )  # fmt: skip
 
 GROUPS = ("dataset",)
@@ -37,7 +37,8 @@ def preprocess(cfg: PreprocessConfig) -> Path:
     tokenizer_path = (
         Path(tok.path).expanduser()
         if tok.path
-        else cached_tokenizer(cfg.dataset.cache_dir, sources["train"], tok.vocab_size, tok.min_frequency)
+        else cached_tokenizer(cfg.dataset.cache_dir, sources["train"], tok.vocab_size, tok.min_frequency,
+                              tok.max_train_bytes)
     )
     tokenizer = load_tokenizer(tokenizer_path)
     spec = {
@@ -54,7 +55,8 @@ def preprocess(cfg: PreprocessConfig) -> Path:
             (folder / split).mkdir()
             with tqdm(total=source.num_bytes, unit="B", unit_scale=True, desc=f"tokenize {split}") as bar:
                 stats[split] = write_shards(
-                    source.documents(), tokenizer, tokenizer.token_to_id(EOS), folder / split, cfg.shard_tokens, bar
+                    source.documents(), tokenizer, tokenizer.token_to_id(EOS), folder / split, cfg.shard_tokens, bar,
+                    cfg.chunk_bytes, cfg.workers,
                 )
         return {**spec, "splits": list(sources), "stats": stats, "vocab_size": tokenizer.get_vocab_size(),
                 "config": asdict(cfg)}  # fmt: skip
@@ -80,7 +82,8 @@ def train_tokenizer_file(cfg: PreprocessConfig, default_dir: Path) -> Path:
         raise UserError("tokenizer.path names an existing tokenizer; to train a new one, give output=<file> instead")
     source = resolve_sources(cfg.dataset)["train"]
     output = Path(cfg.output).expanduser() if cfg.output else default_dir / TOKENIZER_FILE
-    tokenizer = train_tokenizer(source.documents(), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+    tok = cfg.tokenizer
+    tokenizer = train_tokenizer(first_bytes(source.documents(), tok.max_train_bytes), tok.vocab_size, tok.min_frequency)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{key_of(source.spec)}.tmp")
     tokenizer.save(str(tmp))

@@ -11,14 +11,14 @@ from tokenizers import Tokenizer
 
 from linformer_pt.data.binarize import TokenizedCorpus, load_shards, write_shards
 from linformer_pt.data.cache import cached_dir, read_manifest, sha256_file
-from linformer_pt.data.default_corpus import build_default_corpus, split_documents
+from linformer_pt.data.default_corpus import build_default_corpus, in_valid
 from linformer_pt.data.sources import (
+    as_text_documents,
     check_sources,
     expand_paths,
     hub_documents,
     iter_documents,
     load_hub_dataset,
-    write_documents,
 )
 from linformer_pt.data.tokenizer import TEXT_ENCODING
 from linformer_pt.errors import UserError
@@ -46,23 +46,32 @@ def hub_source(name: str, config: str, split: str, text_field: str) -> Source:
     return Source(spec, lambda: hub_documents(data, text_field))
 
 
-def held_out(cache_dir: str, source: Source, fraction: float) -> Dict[str, Source]:
-    """Split a source's documents into train/valid by a hash of their text (stable across runs)."""
-    spec = {"held_out_from": source.spec, "valid_fraction": fraction}
+def held_out(source: Source, fraction: float) -> Dict[str, Source]:
+    """Split a source's documents into train/valid by a hash of their text (stable across runs), on the fly.
 
-    def build(folder: Path) -> Dict:
-        train, valid = split_documents(list(source.documents()), fraction)
-        if not train or not valid:
-            raise UserError(
-                f"dataset.valid_fraction={fraction} leaves {len(train)} train and {len(valid)} valid documents; "
-                "give dataset.valid_files or more documents"
-            )
-        write_documents(folder / "train.txt", train)
-        write_documents(folder / "valid.txt", valid)
-        return {"train_documents": len(train), "valid_documents": len(valid)}
+    Each document is assigned as it is read (default_corpus.in_valid), so nothing is held or copied; the
+    documents are those the earlier held-out text files gave (as_text_documents), so splits are unchanged.
+    """
 
-    folder = cached_dir(cache_dir, "held_out", spec, build)
-    return {split: file_source([folder / f"{split}.txt"], "text", "strict") for split in ("train", "valid")}
+    def split_source(split: str) -> Source:
+        def documents() -> Iterator[str]:
+            count = 0
+            for doc in source.documents():
+                if in_valid(doc, fraction) == (split == "valid"):
+                    for part in as_text_documents(doc):
+                        count += 1
+                        yield part
+            if count == 0:
+                raise UserError(
+                    f"dataset.valid_fraction={fraction} leaves no {split} documents; "
+                    "give dataset.valid_files or more documents"
+                )
+
+        share = fraction if split == "valid" else 1.0 - fraction  # an estimate, for progress bars only
+        size = None if source.num_bytes is None else int(source.num_bytes * share)
+        return Source({"held_out_from": source.spec, "valid_fraction": fraction, "split": split}, documents, size)
+
+    return {split: split_source(split) for split in ("train", "valid")}
 
 
 def resolve_sources(data: Any) -> Dict[str, Source]:
@@ -73,12 +82,12 @@ def resolve_sources(data: Any) -> Dict[str, Source]:
     if data.name == "hf":
         train = hub_source(data.hf_name, data.hf_config, data.hf_train_split, data.text_field)
         if not data.hf_valid_split:
-            return held_out(data.cache_dir, train, data.valid_fraction)
+            return held_out(train, data.valid_fraction)
         return {"train": train, "valid": hub_source(data.hf_name, data.hf_config, data.hf_valid_split, data.text_field)}
     sources = {}
     for split, patterns in (("train", data.train_files), ("valid", data.valid_files)):
         if split == "valid" and not patterns:
-            return held_out(data.cache_dir, sources["train"], data.valid_fraction)
+            return held_out(sources["train"], data.valid_fraction)
         paths = expand_paths(patterns, f"dataset.{split}_files", data.file_glob, announce=True)
         check_sources(paths, f"dataset.{split}_files", data.text_field, data.encoding_errors)
         sources[split] = file_source(paths, data.text_field, data.encoding_errors)
@@ -88,6 +97,7 @@ def resolve_sources(data: Any) -> Dict[str, Source]:
 def cached_corpus(cache_dir: str, source: Source, tokenizer_path: Path, tokenizer: Tokenizer, eos_id: int) -> TokenizedCorpus:
     """The source tokenized into shards, cached by the tokenizer's and the source's content."""
     spec = {"tokenizer": sha256_file(tokenizer_path), "encoding": TEXT_ENCODING, "source": source.spec}
+
     folder = cached_dir(cache_dir, "tokens", spec, lambda f: write_shards(source.documents(), tokenizer, eos_id, f))
     return load_shards(folder)
 

@@ -63,12 +63,17 @@ def collect_documents(stdlib: Path) -> List[str]:
     return docs
 
 
+def in_valid(doc: str, valid_fraction: float) -> bool:
+    """Does a document belong to the held-out split? A hash of its text alone decides, one document at a time."""
+    bucket = int.from_bytes(hashlib.sha256(b"split:" + doc.encode()).digest()[:8], "big") / 2**64
+    return bucket < valid_fraction
+
+
 def split_documents(docs: List[str], valid_fraction: float) -> Tuple[List[str], List[str]]:
     """Assign each document to valid when a hash of its text falls below valid_fraction."""
     train, valid = [], []
     for doc in docs:
-        bucket = int.from_bytes(hashlib.sha256(b"split:" + doc.encode()).digest()[:8], "big") / 2**64
-        (valid if bucket < valid_fraction else train).append(doc)
+        (valid if in_valid(doc, valid_fraction) else train).append(doc)
     return train, valid
 
 

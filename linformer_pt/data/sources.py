@@ -10,7 +10,7 @@ import glob
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Iterable, Iterator, List, Sequence
 
 from linformer_pt.errors import UserError
 
@@ -103,8 +103,18 @@ def _decoded_lines(path: Path, errors: str) -> Iterator[str]:
 
 
 def _text_documents(path: Path, errors: str) -> Iterator[str]:
+    yield from _paragraph_documents(_decoded_lines(path, errors))
+
+
+def as_text_documents(document: str) -> Iterator[str]:
+    """The documents that writing `document` as plain text (write_documents) and reading it back gives."""
+    yield from _paragraph_documents(document.strip().split("\n"))
+
+
+def _paragraph_documents(lines_in: Iterable[str]) -> Iterator[str]:
+    """Stripped non-blank lines, grouped into documents at blank lines."""
     lines: List[str] = []
-    for line in _decoded_lines(path, errors):
+    for line in lines_in:
         line = line.strip()
         if line:
             lines.append(line)

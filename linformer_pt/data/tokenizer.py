@@ -4,10 +4,10 @@ Ids 0..4 are `<s> <pad> </s> <unk> <mask>` (RoBERTa's order); the post-processor
 Corpus text is always encoded as text: a literal "<mask>" in a document is the characters, never the special id.
 """
 from pathlib import Path
-from typing import Any, Dict, Iterable, Union
+from typing import Any, Dict, Iterable, Iterator, Union
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from linformer_pt.data.cache import cached_dir
 from linformer_pt.errors import UserError
@@ -15,6 +15,9 @@ from linformer_pt.errors import UserError
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 BOS, PAD, EOS, UNK, MASK = SPECIAL_TOKENS
 TOKENIZER_FILE = "tokenizer.json"
+# RoBERTa's <mask> swallows the space before it, so "the <mask>" is `the <mask>`, not `the Ġ <mask>`: the model
+# then predicts a word with its leading space ("Ġcat"). Only prompts see this: corpus text keeps specials as text.
+MASK_TOKEN = AddedToken(MASK, lstrip=True, special=True)
 # How text_only encodes corpus text, in the spec of every token cache: tokens written by earlier code (which
 # turned "<mask>" in text into the special id) must be rebuilt, not reused. Change it when the encoding changes.
 TEXT_ENCODING = "specials-as-text/no-padding/no-truncation"
@@ -28,7 +31,7 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, min_frequency: in
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS[:-1] + [MASK_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -84,12 +87,27 @@ def special_mask(tokenizer: Tokenizer) -> np.ndarray:
     return is_special
 
 
-def cached_tokenizer(cache_dir: str, source: Any, vocab_size: int, min_frequency: int) -> Path:
+def first_bytes(documents: Iterable[str], max_bytes: int) -> Iterator[str]:
+    """The documents up to the one that brings their UTF-8 size to max_bytes (0: all): a sample to train on.
+
+    Training streams its input (it keeps word counts, never the text), so this bounds time, not memory.
+    """
+    seen = 0
+    for doc in documents:
+        yield doc
+        seen += len(doc.encode("utf-8"))
+        if 0 < max_bytes <= seen:
+            return
+
+
+def cached_tokenizer(cache_dir: str, source: Any, vocab_size: int, min_frequency: int, max_train_bytes: int = 0) -> Path:
     """Path of a tokenizer.json trained on a corpus.Source, cached by its content and the settings."""
     spec = {"kind": "byte_level_bpe", "source": source.spec, "vocab_size": vocab_size, "min_frequency": min_frequency}
+    if max_train_bytes:  # only when set, so tokenizers trained on all the text keep their cache keys
+        spec["max_train_bytes"] = max_train_bytes
 
     def build(folder: Path) -> Dict:
-        tokenizer = train_tokenizer(source.documents(), vocab_size, min_frequency)
+        tokenizer = train_tokenizer(first_bytes(source.documents(), max_train_bytes), vocab_size, min_frequency)
         tokenizer.save(str(folder / TOKENIZER_FILE))
         return {"vocab_size": tokenizer.get_vocab_size()}
 

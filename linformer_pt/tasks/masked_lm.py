@@ -7,8 +7,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from linformer_pt.config import TrainConfig, check, check_choice
 from linformer_pt.data.batching import EpochBatchIterator
@@ -22,6 +24,8 @@ from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, cached_tokenizer, l
 from linformer_pt.errors import UserError
 from linformer_pt.registry import register_task
 from linformer_pt.training.distributed import world_from_env
+
+VALID_SUBSET_STREAM = 7  # seeds the validation subset apart from the training order (seed, epoch)
 
 
 @dataclass
@@ -47,6 +51,45 @@ class MaskedLMConfig:
         check(self.mask_multiple_length >= 1, f"task.mask_multiple_length={self.mask_multiple_length} must be >= 1")
 
 
+class ValidSubset(Dataset):
+    """A fixed subset of validation samples holding about max_tokens tokens, the same in every run.
+
+    Samples are taken in the order of a permutation seeded by `seed` alone, so the subset never depends on the
+    number of processes (the batch iterator shards it afterwards); they are kept in corpus order.
+    """
+
+    def __init__(self, dataset: MaskedLMDataset, max_tokens: int, seed: int) -> None:
+        self.dataset = dataset
+        order = np.random.default_rng([seed, VALID_SUBSET_STREAM]).permutation(len(dataset))
+        tokens = np.cumsum(dataset.ends[order] - dataset.starts[order] + 1)  # + 1: <s>
+        self.indices = np.sort(order[: int(np.searchsorted(tokens, max_tokens)) + 1])
+        self.num_tokens = int((dataset.ends[self.indices] - dataset.starts[self.indices] + 1).sum())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        return self.dataset[int(self.indices[index])]  # masks seeded by the full set's index: as without a budget
+
+
+def data_summary(split: str, full: MaskedLMDataset, used: Dataset, iterator: EpochBatchIterator, cfg: TrainConfig) -> str:
+    """One line, printed once at start-up: what this split holds and, for train, how long the run is in epochs."""
+    corpus = full.corpus
+    line = (f"data {split}: {corpus.num_documents:,} documents, {corpus.num_tokens:,} tokens, "
+            f"{len(full):,} samples per epoch")  # fmt: skip
+    if split == "train":
+        updates = iterator.updates_per_epoch()
+        epochs = cfg.optimization.max_update / updates if updates else float("inf")
+        return line + f", {updates:,} updates per epoch; max_update={cfg.optimization.max_update} is {epochs:.2f} epochs"
+    if isinstance(used, ValidSubset):
+        return line + (f"; validating on {len(used):,} of them ({used.num_tokens:,} tokens, "
+                       f"dataset.max_valid_tokens={cfg.dataset.max_valid_tokens}; 0: all)")  # fmt: skip
+    return line
+
+
 @register_task("masked_lm", MaskedLMConfig)
 class MaskedLMTask:
     """Owns the tokenizer and datasets of a masked-LM run and computes its loss."""
@@ -62,7 +105,7 @@ class MaskedLMTask:
         else:
             sources = resolve_sources(data)
             self.tokenizer_path = given or cached_tokenizer(
-                data.cache_dir, sources["train"], tok_cfg.vocab_size, tok_cfg.min_frequency
+                data.cache_dir, sources["train"], tok_cfg.vocab_size, tok_cfg.min_frequency, tok_cfg.max_train_bytes
             )
             self.data_provenance = {split: source.spec for split, source in sources.items()}
         self.tokenizer = load_tokenizer(self.tokenizer_path)
@@ -131,11 +174,18 @@ class MaskedLMTask:
         if data.streaming:
             dataset = self.dataset(split, rank, world_size)
             return StreamingBatchIterator(dataset, data.batch_size, data.num_workers, update_freq)
-        return EpochBatchIterator(
-            self.dataset(split), data.batch_size, partial(collate, pad_id=self.pad_id), self.cfg.common.seed,
+        dataset: Union[MaskedLMDataset, ValidSubset] = self.dataset(split)
+        full = dataset
+        if split == "valid" and data.max_valid_tokens:
+            dataset = ValidSubset(full, data.max_valid_tokens, self.cfg.common.seed)
+        iterator = EpochBatchIterator(
+            dataset, data.batch_size, partial(collate, pad_id=self.pad_id), self.cfg.common.seed,
             shuffle=split == "train", num_workers=data.num_workers, rank=rank, world_size=world_size,
             update_freq=update_freq,
         )  # fmt: skip
+        if rank == 0:
+            print(data_summary(split, full, dataset, iterator, self.cfg), flush=True)
+        return iterator
 
     def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
         """Summed cross-entropy over masked tokens, and its value and token count for logging and normalising."""

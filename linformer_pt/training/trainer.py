@@ -280,9 +280,10 @@ class Trainer:
         if self.dist.is_main and hasattr(self.task, "tokenizer_path"):
             # The run folder is self-contained: its checkpoints' token ids are read with this tokenizer.
             shutil.copy(self.task.tokenizer_path, self.output_dir / "tokenizer.json")
-        if self.resumed_from is None or not self.last_valid:
+        # A resumed run only validates first when its checkpoint holds no result to start from.
+        if opt.validate_at_start and (self.resumed_from is None or not self.last_valid):
             self._validate_and_log(logger)
-        first_valid = dict(self.last_valid)
+        first_valid = dict(self.last_valid)  # {} when no validation has run yet
         if self._limit_reached(time_over=False):  # a finished run, rerun: nothing left to do
             path = self.output_dir / self.cfg.checkpoint.save_dir / CHECKPOINT_LAST
             return {"first_valid": first_valid, "final_valid": first_valid, "updates": self.update,

@@ -50,3 +50,29 @@ def test_blocks_cover_every_token_once_and_stay_in_their_shard(mode):
         mine = shard_ids == i
         assert starts[mine][0] == 0 and ends[mine][-1] == len(shard.tokens)
         assert np.array_equal(starts[mine][1:], ends[mine][:-1])
+
+
+def loop_blocks(shard, block_size, mode):
+    """The plain reference: walk the sentences one by one, as fairseq's TokenBlockDataset does."""
+    offsets = list(shard.sentence_offsets)
+    opens = {"eos": set(range(len(offsets) - 1)), "complete_doc": set(shard.doc_starts[:-1].tolist())}.get(mode, set())
+    out, start = [], None
+    for i, (s, e) in enumerate(zip(offsets[:-1], offsets[1:])):
+        if start is not None and (i in opens or e - start > block_size):
+            out.append((start, s))
+            start = None
+        while e - s > block_size:
+            out.append((s, s + block_size))
+            s += block_size
+        start = s if start is None else start
+    return out + [(start, offsets[-1])]
+
+
+@pytest.mark.parametrize("mode", ["complete", "complete_doc", "eos"])
+def test_the_array_packing_equals_the_sentence_loop(mode):
+    rng = np.random.default_rng(1)
+    for _ in range(300):  # short, long and over-long sentences, block sizes from 1 up
+        top = rng.choice([4, 30, 90])
+        shard = shard_of([list(rng.integers(1, top, size=rng.integers(1, 6))) for _ in range(rng.integers(1, 9))])
+        size = int(rng.integers(1, 40))
+        assert spans(shard, size, mode) == loop_blocks(shard, size, mode), (size, shard.sentence_offsets)

@@ -1,0 +1,33 @@
+"""`linformer-export RUN_OR_CKPT OUT/`: a trained model as model.safetensors + config.json + tokenizer.json.
+
+A run folder means its checkpoints/checkpoint_best.pt (--last: checkpoint_last.pt); an export folder can be
+exported again (e.g. in another --dtype). Load the result with LinformerForMaskedLM.from_pretrained(OUT).
+"""
+import argparse
+import sys
+from typing import List, Optional
+
+from linformer_pt.cli.common import one_line_errors
+
+PROG = "linformer-export"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a run folder, a checkpoint .pt file, or an export folder")
+    parser.add_argument("out", help="the folder to write (created if missing; its files are replaced)")
+    parser.add_argument("--last", action="store_true", help="a run folder's checkpoint_last.pt instead of checkpoint_best.pt")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights' dtype (default fp32)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    with one_line_errors(PROG):
+        from linformer_pt.cli.eval import load_any
+
+        model = load_any(args.model, args.last)
+        files = model.save_pretrained(args.out, dtype=args.dtype)
+    for path in files:
+        print(path)
+    print(f"parameters: {model.num_parameters():,} ({args.dtype})")
+
+
+if __name__ == "__main__":
+    main()
