@@ -22,7 +22,7 @@ from linformer_pt.training.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, l
 FORMAT = "linformer-pt"
 FORMAT_VERSION = 1  # bump when config.json or the weight names change meaning
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-HF_MODULE = "modeling_linformer.py"  # copied beside the weights for transformers' trust_remote_code
+HF_MODULE = "modeling_linformer.py"  # written beside the weights (hf/bundle.py) for trust_remote_code
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 PathLike = Union[str, Path]

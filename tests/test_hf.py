@@ -1,4 +1,7 @@
 """The transformers adapter: an export loads through Auto classes and the fill-mask pipeline with our logits."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,44 @@ def test_sequence_classification_head_on_the_first_token(exported, ours):
         assert torch.equal(model.features(inputs["input_ids"], inputs["attention_mask"]), ours.encode(TEXTS)[0])
     out.loss.backward()
     assert model.classifier_out.weight.grad is not None and model.embed_tokens.weight.grad is not None
+
+
+# Run in a fresh interpreter where `import linformer_pt` fails, as on a machine without linformer-pt.
+WITHOUT_LINFORMER_PT = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NoLinformerPt(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "linformer_pt":
+            raise ImportError("linformer_pt is not installed here")
+
+sys.meta_path.insert(0, NoLinformerPt())
+import torch
+import transformers
+
+folder, inputs_file, out_file, threads = sys.argv[1:]
+torch.set_num_threads(int(threads))
+inputs = torch.load(inputs_file)
+model = transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(**inputs).logits
+fill = transformers.pipeline("fill-mask", model=folder, trust_remote_code=True)
+tokens = [p["token"] for p in fill(inputs["text"], top_k=5)]
+assert not [m for m in sys.modules if m.split(".")[0] == "linformer_pt"]
+torch.save({"logits": logits, "tokens": tokens}, out_file)
+"""
+
+
+def test_export_loads_without_linformer_pt(exported, ours, tmp_path):
+    """The export's code imports only torch and transformers: no linformer-pt needed where it is loaded."""
+    tokens, padding_mask = ours.tokenize(TEXTS)
+    inputs = {"input_ids": tokens, "attention_mask": (~padding_mask).long(), "text": TEXTS[0]}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    args = [exported, tmp_path / "inputs.pt", tmp_path / "out.pt", str(torch.get_num_threads())]
+    subprocess.run([sys.executable, "-c", WITHOUT_LINFORMER_PT, *map(str, args)], env=env, cwd=tmp_path, check=True)
+    theirs = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        assert torch.equal(theirs["logits"], ours(tokens, padding_mask))
+    assert theirs["tokens"] == [p["token"] for p in ours.fill_mask([TEXTS[0]], top_k=5)[0][0]]

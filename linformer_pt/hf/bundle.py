@@ -52,12 +52,9 @@ def package_imports(source: str, where: str) -> Set[str]:
 
 def shim_source() -> str:
     """package_shims.py: the config checks' own source and a registry decorator that does nothing."""
-    header = [
-        '"""Stand-ins for the names the model code takes from linformer_pt.config and linformer_pt.registry."""',
-        "from typing import Any, Callable, List\n",
-        "from linformer_pt.errors import UserError\n\n",
-    ]
-    return "\n".join(header + [inspect.getsource(check), inspect.getsource(check_choice)]) + REGISTRY_STUB
+    header = '"""Stand-ins for the names the model code takes from linformer_pt.config and linformer_pt.registry."""\n'
+    header += "from typing import Any, Callable, List\n\nfrom linformer_pt.errors import UserError\n\n\n"
+    return header + inspect.getsource(check) + "\n\n" + inspect.getsource(check_choice) + REGISTRY_STUB
 
 
 def bundle_sources() -> Dict[str, str]:
