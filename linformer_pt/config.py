@@ -91,7 +91,7 @@ class DatasetConfig:
     hf_valid_split: str = "validation"  # "" holds out valid_fraction of train
     path: str = ""  # name=shards: a folder made by linformer-preprocess
     valid_fraction: float = 0.02  # held out from training documents when there is no validation source
-    streaming: bool = False  # name=text: tokenize on the fly through `datasets` streaming (no preprocessing pass)
+    streaming: bool = False  # name=text, or hf from a save_to_disk folder: tokenize on the fly (no preprocessing pass)
     shuffle_buffer: int = 0  # streaming: shuffle training documents within a buffer of this size (0: in order)
     cache_dir: str = "data/cache"
     batch_size: int = 32
@@ -123,8 +123,11 @@ class DatasetConfig:
         check_text("dataset.path", self.path, allow_empty=True)
         check_text("dataset.cache_dir", self.cache_dir)
         check(
-            not self.streaming or (self.name == "text" and len(self.valid_files) > 0),
-            "dataset.streaming=true needs dataset=text with dataset.valid_files (a stream has no held-out split)",
+            not self.streaming
+            or (self.name in ("text", "hf") and len(self.valid_files) > 0)
+            or (self.name == "hf" and bool(self.hf_valid_split)),
+            "dataset.streaming=true needs dataset=text with dataset.valid_files, or dataset=hf with "
+            "dataset.hf_valid_split or dataset.valid_files (a stream has no held-out split)",
         )
         check(self.shuffle_buffer >= 0, f"dataset.shuffle_buffer={self.shuffle_buffer} must be >= 0")
         check(0.0 < self.valid_fraction < 0.5, f"dataset.valid_fraction={self.valid_fraction} must be in (0, 0.5)")

@@ -1,17 +1,18 @@
 """Raw corpus records read from a saved position: the share of the files that one (rank, worker) slot streams.
 
 Positions of text, JSONL and CSV/TSV files are byte offsets (resuming seeks; nothing before the offset is read,
-except a CSV/TSV header row); parquet positions are row indices (resuming skips whole row groups, then rows of one).
+except a CSV/TSV header row); parquet positions are row indices (resuming skips whole row groups, then rows of one),
+as are those of a `datasets` split saved with save_to_disk (Arrow, read by row index).
 """
 import csv
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from linformer_pt.data.sources import DELIMITED, JSONL, PARQUET, TEXT
+from linformer_pt.data.sources import DELIMITED, JSONL, PARQUET, TEXT, load_hub_dataset
 from linformer_pt.errors import UserError
 
 Position = Dict[str, Any]  # {"file": index in the slot's files, "name", "offset": byte or row, "record": index}
@@ -91,6 +92,28 @@ def _parquet_rows(path: Path, text_field: str, row: int) -> Iterator[Tuple[Any, 
         skip = max(0, skip - len(values))
 
 
+class ArrowSplit:
+    """A split of a `datasets` dataset saved with save_to_disk: memory-mapped Arrow, one record per row."""
+
+    ROWS = 1000  # rows fetched per read
+
+    def __init__(self, folder: str, split: str, text_field: str) -> None:
+        if not any((Path(folder) / name).is_file() for name in ("dataset_info.json", "dataset_dict.json")):
+            raise UserError(f"dataset.streaming=true reads dataset.hf_name={folder!r} only as a local folder saved "
+                            "with save_to_disk (hub names are not streamed); save it there or drop streaming")  # fmt: skip
+        self.name = f"{Path(folder).name}:{split}"
+        self.text = load_hub_dataset(folder, "", split, text_field).select_columns([text_field]).with_format("arrow")
+
+    def rows(self, row: int, stride: int, phase: int) -> Iterator[Tuple[Any, int]]:
+        """(text or None, next row) for each row from `row` on; only rows whose index is phase mod stride are read."""
+        for begin in range(row, len(self.text), self.ROWS):
+            end = min(begin + self.ROWS, len(self.text))
+            kept = [i for i in range(begin, end) if i % stride == phase]
+            values = iter(self.text[begin:end].column(0).take([i - begin for i in kept]).to_pylist())
+            for i in range(begin, end):
+                yield (next(values) if i % stride == phase else None), i + 1
+
+
 def _record_sentences(text: Any) -> List[str]:
     """A record's non-empty lines: the record is stripped as a whole, its lines keep their inner spacing."""
     return [line for line in str(text or "").strip().split("\n") if line.strip()]
@@ -103,13 +126,18 @@ class SlotReader:
     reads all files and keeps the records whose index within their file is s modulo num_slots.
     """
 
-    def __init__(self, paths: Sequence[Path], text_field: str, errors: str, slot: int, num_slots: int) -> None:
+    def __init__(
+        self, paths: Sequence[Union[Path, ArrowSplit]], text_field: str, errors: str, slot: int, num_slots: int
+    ) -> None:
         spread = len(paths) >= num_slots
         self.files = list(paths[slot::num_slots]) if spread else list(paths)
         self.stride, self.phase = (1, 0) if spread else (num_slots, slot)
         self.text_field, self.errors = text_field, errors
 
-    def _raw(self, path: Path, offset: int) -> Iterator[Tuple[Any, int]]:
+    def _raw(self, path: Union[Path, ArrowSplit], offset: int) -> Iterator[Tuple[Any, int]]:
+        if isinstance(path, ArrowSplit):
+            yield from path.rows(offset, self.stride, self.phase)
+            return
         suffix = path.suffix.lower()
         if suffix in PARQUET:
             yield from _parquet_rows(path, self.text_field, offset)
@@ -118,11 +146,11 @@ class SlotReader:
         with open(path, "rb") as f:
             yield from read(f, path, offset, self.errors)
 
-    def _sentences(self, path: Path, raw: Any, start: int) -> List[str]:
-        suffix = path.suffix.lower()
+    def _sentences(self, path: Union[Path, ArrowSplit], raw: Any, start: int) -> List[str]:
+        suffix = ".arrow" if isinstance(path, ArrowSplit) else path.suffix.lower()
         if suffix in TEXT:
             return raw
-        if suffix in PARQUET:  # the text column's value (its presence is checked before streaming)
+        if suffix in PARQUET + (".arrow",):  # the text column's value (its presence is checked before streaming)
             return _record_sentences(raw)
         if suffix in JSONL:
             try:

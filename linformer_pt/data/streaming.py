@@ -1,8 +1,9 @@
 """Masked-LM samples streamed from raw files: no preprocessing pass, no token cache, resumable by seeking.
 
-Each (DDP rank, DataLoader worker) slot reads a disjoint part of the records (stream_reader), packs it like break
-mode `none` and masks sample i with a generator seeded by (seed, epoch, rank, worker, i). Every sample carries its
-stream's state, so StreamingBatchIterator can save a position and resume there without reading what came before.
+Each (DDP rank, DataLoader worker) slot reads a disjoint part of the records (stream_reader), packs it by the break
+mode as blocks.py packs a shard (a record is a document, a line a sentence) and masks sample i with a generator seeded
+by (seed, epoch, rank, worker, i). Every sample carries its stream's state, so StreamingBatchIterator can save a
+position and resume there without reading what came before.
 """
 import csv
 import itertools
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from linformer_pt.data.masking import MaskingConfig, collate, mask_tokens
 from linformer_pt.data.sources import DELIMITED, PARQUET, expand_paths
-from linformer_pt.data.stream_reader import SlotReader, windows
+from linformer_pt.data.blocks import BREAK_MODES
+from linformer_pt.data.stream_reader import ArrowSplit, SlotReader, windows
 from linformer_pt.data.tokenizer import text_only
 from linformer_pt.errors import UserError
 
@@ -27,8 +29,10 @@ Sample = Dict[str, np.ndarray]
 StreamState = Dict[str, Any]
 
 
-def _check_columns(path: Path, text_field: str) -> None:
+def _check_columns(path: Union[Path, ArrowSplit], text_field: str) -> None:
     """Fail before streaming when a CSV/TSV header or a parquet schema lacks the text field (both are cheap to read)."""
+    if isinstance(path, ArrowSplit):  # checked when it was loaded
+        return
     suffix = path.suffix.lower()
     if suffix in DELIMITED:
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
@@ -45,11 +49,20 @@ def _check_columns(path: Path, text_field: str) -> None:
 
 def start_state() -> StreamState:
     """A stream's state at the start of an epoch: no record read, no token pending, no sample made."""
-    return {"position": None, "window": 0, "taken": 0, "tokens": np.empty(0, dtype=np.int64), "number": 0}
+    return {"position": None, "window": 0, "taken": 0, "tokens": np.empty(0, dtype=np.int64), "units": [], "number": 0}
+
+
+def sentence_units(lengths: Sequence[int], block: int) -> np.ndarray:
+    """Lengths of the units blocks.py packs: each sentence, an over-long one cut into full blocks and a remainder."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    pieces = (lengths - 1) // block + 1
+    units = np.full(int(pieces.sum()), block, dtype=np.int64)
+    units[np.cumsum(pieces) - 1] = lengths - (pieces - 1) * block
+    return units
 
 
 class StreamingMaskedLM(IterableDataset):
-    """This process's masked-LM samples, streamed: `<s>` + tokens_per_sample - 1 tokens (the last one may be shorter).
+    """This process's masked-LM samples, streamed: `<s>` + at most tokens_per_sample - 1 tokens, packed by break_mode.
 
     Rank r's DataLoader worker w (of W) is slot r * W + w of world_size * W; stream_reader.SlotReader gives each
     slot its files or, with fewer files than slots, its records of every file, so each record is read by exactly
@@ -59,7 +72,7 @@ class StreamingMaskedLM(IterableDataset):
 
     def __init__(
         self,
-        paths: Sequence[Union[str, Path]],
+        paths: Sequence[Union[str, Path, ArrowSplit]],
         text_field: str,
         tokenizer: Tokenizer,
         special_ids: Dict[str, int],
@@ -74,12 +87,19 @@ class StreamingMaskedLM(IterableDataset):
         encoding_errors: str = "strict",
         key: str = "dataset.train_files",
         file_glob: str = "*",
+        break_mode: str = "none",
     ) -> None:
         if tokens_per_sample < 2:
             raise UserError(f"task.tokens_per_sample={tokens_per_sample} must be >= 2")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.paths = expand_paths([str(p) for p in paths], key, file_glob)
+        if break_mode not in BREAK_MODES:
+            raise UserError(f"task.sample_break_mode={break_mode!r} is not one of {BREAK_MODES}")
+        if paths and all(isinstance(p, ArrowSplit) for p in paths):
+            self.paths: List[Union[Path, ArrowSplit]] = list(paths)
+        else:
+            self.paths = expand_paths([str(p) for p in paths], key, file_glob)
+        self.break_mode = break_mode
         self.text_field, self.tokenizer, self.ids = text_field, tokenizer, special_ids
         # is_special: tokenizer.special_mask, a bool per vocabulary id (specials may sit anywhere in it).
         self.is_special, self.ordinary_ids = is_special, np.flatnonzero(~is_special)
@@ -110,14 +130,18 @@ class StreamingMaskedLM(IterableDataset):
         for sentences, position in records:
             yield sentences, {"position": position, "window": 0, "taken": 0}
 
-    def _tokens(self, records: List[List[str]]) -> List[np.ndarray]:
-        """Each record's tokens: every sentence's ids followed by `</s>`, back to back (write_shards' convention)."""
+    def _tokens(self, records: List[List[str]]) -> List[Tuple[np.ndarray, List[int]]]:
+        """Each record's tokens (every sentence's ids then `</s>`, back to back: write_shards' convention) and
+        sentence lengths."""
         lines = [line for sentences in records for line in sentences]
         # Again here: a DataLoader worker may hold an unpickled copy, which forgets encode_special_tokens.
         encodings = text_only(self.tokenizer).encode_batch(lines, add_special_tokens=False) if lines else []
         ids = [e.ids + [self.ids["eos"]] for e in encodings]
         bounds = np.cumsum([0] + [len(sentences) for sentences in records])
-        return [np.fromiter(itertools.chain.from_iterable(ids[a:b]), np.int64) for a, b in zip(bounds, bounds[1:])]
+        return [
+            (np.fromiter(itertools.chain.from_iterable(ids[a:b]), np.int64), [len(i) for i in ids[a:b]])
+            for a, b in zip(bounds, bounds[1:])
+        ]
 
     def _sample(self, block: np.ndarray, worker: int, number: int) -> Dict[str, np.ndarray]:
         tokens = np.concatenate([[self.ids["bos"]], block]).astype(np.int64)
@@ -133,17 +157,20 @@ class StreamingMaskedLM(IterableDataset):
         """Worker `worker`'s samples, each with its stream's state after it, from `state` (None: the epoch's start).
 
         A state is where the reader stands after the last record that the sample used tokens of, plus those of
-        that record's tokens not yet cut into a block, plus the sample counter: it never holds more than one
-        record's tokens, and resuming from it reads only what follows.
+        that record's tokens not yet cut into a block (and their unit lengths), plus the sample counter: it never
+        holds more than one record's tokens, and resuming from it reads only what follows.
         """
         state = start_state() if state is None else state
+        if self.break_mode != "none":
+            yield from self._sentence_stream(worker, num_workers, state)
+            return
         block = self.tokens_per_sample - 1
         buffer, number = np.asarray(state["tokens"], dtype=np.int64), state["number"]
         last = {key: state[key] for key in ("position", "window", "taken")}  # the reader's state before `buffer`
         records = self._records(worker, num_workers, last)
         while True:  # the first pass may find no record but a saved buffer longer than a block
             chunk = list(itertools.islice(records, ENCODE_DOCS))
-            pieces = self._tokens([sentences for sentences, _ in chunk])
+            pieces = [tokens for tokens, _ in self._tokens([sentences for sentences, _ in chunk])]
             tokens = np.concatenate([buffer, *pieces])
             ends = np.cumsum([len(buffer)] + [len(piece) for piece in pieces])  # where each record's tokens end
             marks = [last] + [after for _, after in chunk]
@@ -158,6 +185,44 @@ class StreamingMaskedLM(IterableDataset):
                 break
         if len(buffer):
             yield self._sample(buffer, worker, number), {**last, "tokens": buffer[:0], "number": number + 1}
+
+    def _sentence_stream(
+        self, worker: int, num_workers: int, state: StreamState
+    ) -> Iterator[Tuple[Sample, StreamState]]:
+        """stream() for complete, complete_doc and eos: greedy runs of sentence units, as blocks.py packs them.
+
+        A block is handed out when the next unit does not fit (or, for complete_doc, a record starts; for eos,
+        always): its state is the reader's state after the record of its last unit plus that record's units not
+        yet packed, so resuming packs the same blocks. Blocks may span records and files (complete, eos).
+        """
+        block = self.tokens_per_sample - 1
+        number, eos_mode, doc_mode = state["number"], self.break_mode == "eos", self.break_mode == "complete_doc"
+        last = {key: state[key] for key in ("position", "window", "taken")}
+        records = self._records(worker, num_workers, last)
+        saved = (np.asarray(state["tokens"], dtype=np.int64), np.asarray(state.get("units", []), dtype=np.int64))
+        current: List[np.ndarray] = []  # the units of the block being filled
+        owner: StreamState = {**last, "tokens": saved[0][:0], "units": []}  # state after the block's last unit
+
+        def parts() -> Iterator[Tuple[np.ndarray, np.ndarray, StreamState, bool]]:
+            """(tokens, unit lengths, reader state after, opens a document) of the saved rest, then each record."""
+            yield saved[0], saved[1], last, False
+            while chunk := list(itertools.islice(records, ENCODE_DOCS)):
+                for (tokens, lengths), (_, after) in zip(self._tokens([s for s, _ in chunk]), chunk):
+                    yield tokens, sentence_units(lengths, block), after, True
+
+        for tokens, units, after, new_doc in parts():
+            if doc_mode and new_doc and len(units) and current:
+                yield self._sample(np.concatenate(current), worker, number), {**owner, "number": number + 1}
+                current, number = [], number + 1
+            starts = np.concatenate([[0], np.cumsum(units)])
+            for k, length in enumerate(units):
+                if current and (eos_mode or sum(map(len, current)) + length > block):
+                    yield self._sample(np.concatenate(current), worker, number), {**owner, "number": number + 1}
+                    current, number = [], number + 1
+                current.append(tokens[starts[k] : starts[k + 1]])
+                owner = {**after, "tokens": tokens[starts[k + 1] :], "units": units[k + 1 :].tolist()}
+        if current:
+            yield self._sample(np.concatenate(current), worker, number), {**owner, "number": number + 1}
 
     def __iter__(self) -> Iterator[Sample]:
         """Samples of this (rank, DataLoader worker) for the epoch, from its start."""
@@ -233,7 +298,8 @@ class StreamingBatchIterator:
 
     def state_dict(self) -> Dict[str, Any]:
         """The position after the last batch handed out; plain Python values, one entry per logical worker."""
-        streams = {w: {**s, "tokens": np.asarray(s["tokens"]).tolist()} for w, s in self.states.items()}
+        streams = {w: {**s, "tokens": np.asarray(s["tokens"]).tolist(), "units": list(s.get("units", []))}
+                   for w, s in self.states.items()}  # fmt: skip
         return {"epoch": self.epoch, "batches": self.batches, "next_worker": self.next_worker, "streams": streams,
                 **self._setting()}  # fmt: skip
 

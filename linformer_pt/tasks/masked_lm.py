@@ -19,6 +19,7 @@ from linformer_pt.data.blocks import BREAK_MODES
 from linformer_pt.data.cache import sha256_file
 from linformer_pt.data.corpus import cached_corpus, preprocessed_corpora, resolve_sources
 from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
+from linformer_pt.data.stream_reader import ArrowSplit
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
 from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, cached_tokenizer, load_tokenizer, special_mask, word_begins
 from linformer_pt.errors import UserError
@@ -121,10 +122,6 @@ class MaskedLMTask:
         self.pad_id = self.special_ids["pad"]
         if data.streaming:
             check(
-                self.task_cfg.sample_break_mode == "none",
-                "dataset.streaming=true packs the token stream: it needs task.sample_break_mode=none",
-            )
-            check(
                 not (cfg.optimization.max_epoch and world_from_env().enabled),
                 "dataset.streaming=true with several processes cannot stop by optimization.max_epoch "
                 "(ranks may see different numbers of batches); use optimization.max_update",
@@ -154,11 +151,15 @@ class MaskedLMTask:
         t, data = self.task_cfg, self.cfg.dataset
         masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
         if data.streaming:
+            files = data.train_files if split == "train" else data.valid_files
+            hf_split = data.hf_train_split if split == "train" else data.hf_valid_split
+            if data.name == "hf" and hf_split:  # else valid_files (the config check asks for one of them)
+                files = [ArrowSplit(data.hf_name, hf_split, data.text_field)]
             return StreamingMaskedLM(
-                data.train_files if split == "train" else data.valid_files, data.text_field, self.tokenizer,
-                self.special_ids, self.is_special, t.tokens_per_sample, masking, self.cfg.common.seed, rank,
-                world_size, self.word_begins, data.shuffle_buffer if split == "train" else 0, data.encoding_errors,
-                key=f"dataset.{split}_files", file_glob=data.file_glob,
+                files, data.text_field, self.tokenizer, self.special_ids, self.is_special, t.tokens_per_sample,
+                masking, self.cfg.common.seed, rank, world_size, self.word_begins,
+                data.shuffle_buffer if split == "train" else 0, data.encoding_errors, key=f"dataset.{split}_files",
+                file_glob=data.file_glob, break_mode=t.sample_break_mode,
             )  # fmt: skip
         return MaskedLMDataset(
             self.corpora[split], t.tokens_per_sample, t.sample_break_mode, masking, self.special_ids,

@@ -13,8 +13,12 @@ import pytest
 import torch
 import torch.utils.data
 
+from linformer_pt.config import DatasetConfig
+from linformer_pt.data.binarize import load_shards, write_shards
+from linformer_pt.data.blocks import corpus_blocks
 from linformer_pt.data.masking import MaskingConfig
 from linformer_pt.data.sources import iter_documents, write_documents
+from linformer_pt.data.stream_reader import ArrowSplit
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
 from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, special_mask, train_tokenizer
 from linformer_pt.errors import UserError
@@ -244,3 +248,62 @@ def test_bad_sources_fail_with_one_line(tmp_path, tokenizer, special_ids):
         list(make_dataset(tokenizer, special_ids, [broken]))
     replaced = list(make_dataset(tokenizer, special_ids, [broken], encoding_errors="replace"))
     assert "\ufffd\ufffd bad" in tokenizer.decode(np.concatenate([s["targets"] for s in replaced]).tolist())
+
+
+def blocks_py_samples(tokenizer, special_ids, paths, folder: Path, break_mode: str) -> List[List[int]]:
+    """The blocks blocks.py cuts from the corpus write_shards makes of the same files (one shard)."""
+    folder.mkdir()
+    write_shards(iter_documents(paths), tokenizer, special_ids["eos"], folder)
+    corpus = load_shards(folder)
+    assert len(corpus.shards) == 1
+    shard_ids, starts, ends = corpus_blocks(corpus, TOKENS_PER_SAMPLE - 1, break_mode)
+    return [corpus.shards[i].tokens[a:b].tolist() for i, a, b in zip(shard_ids, starts, ends)]
+
+
+@pytest.mark.parametrize("break_mode", ["complete", "complete_doc", "eos"])
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_sentence_break_modes_pack_like_blocks_py(tmp_path, tokenizer, special_ids, break_mode, suffix):
+    long_line = " ".join(DOCS[0].split() * 4)  # longer than a block: split into pieces of its own
+    docs = DOCS[:20] + [long_line + "\n" + DOCS[21], DOCS[22] + "\n" + long_line] + DOCS[23:]
+    paths = [write(tmp_path / f"a{suffix}", docs[:30]), write(tmp_path / f"b{suffix}", docs[30:])]
+    expected = blocks_py_samples(tokenizer, special_ids, paths, tmp_path / "shards", break_mode)
+    samples = list(make_dataset(tokenizer, special_ids, paths, break_mode=break_mode))
+    assert [s["targets"][1:].tolist() for s in samples] == expected
+    assert all(s["targets"][0] == special_ids["bos"] for s in samples)
+    if break_mode == "complete_doc":  # the mode is not a no-op: complete packs across documents
+        assert len(expected) > len(blocks_py_samples(tokenizer, special_ids, paths, tmp_path / "c", "complete"))
+
+
+def save_hf(folder: Path, splits: Dict[str, Sequence[str]]) -> Path:
+    """A `datasets` DatasetDict saved with save_to_disk (Arrow files), small shards so rows span files."""
+    import datasets
+
+    datasets.DatasetDict({k: datasets.Dataset.from_dict({"text": list(v)}) for k, v in splits.items()}).save_to_disk(
+        str(folder), max_shard_size="2KB"
+    )
+    return folder
+
+
+@pytest.mark.parametrize("break_mode", ["none", "complete_doc"])
+def test_hf_save_to_disk_streams_like_jsonl_records(tmp_path, tokenizer, special_ids, break_mode, monkeypatch):
+    folder = save_hf(tmp_path / "hf", {"train": DOCS, "validation": DOCS[:4]})
+    jsonl = write(tmp_path / "docs.jsonl", DOCS)
+    for rank in range(2):
+        arrow = make_dataset(tokenizer, special_ids, [ArrowSplit(str(folder), "train", "text")], rank, 2,
+                             break_mode=break_mode)  # fmt: skip
+        records = make_dataset(tokenizer, special_ids, [jsonl], rank, 2, break_mode=break_mode)
+        for worker in range(2):
+            a, b = stream(arrow, worker, 2, monkeypatch), stream(records, worker, 2, monkeypatch)
+            assert len(a) == len(b) >= 2
+            assert all(all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+
+
+def test_hf_streaming_config_and_hub_names(tmp_path):
+    with pytest.raises(UserError, match="hf_valid_split or dataset.valid_files"):
+        DatasetConfig(name="hf", hf_name="some/hub-name", hf_valid_split="", streaming=True)
+    DatasetConfig(name="hf", hf_name="some/hub-name", streaming=True)
+    with pytest.raises(UserError, match="only as a local folder saved with save_to_disk") as raised:
+        ArrowSplit("some/hub-name", "train", "text")
+    assert "\n" not in str(raised.value)
+    with pytest.raises(UserError, match="cannot load split 'nope'"):
+        ArrowSplit(str(save_hf(tmp_path / "hf", {"train": DOCS[:3]})), "nope", "text")

@@ -12,6 +12,7 @@ import torch
 
 from linformer_pt.data.masking import MaskingConfig
 from linformer_pt.data.sources import write_documents
+from linformer_pt.data.stream_reader import ArrowSplit
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
 from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, special_mask, train_tokenizer
 from linformer_pt.errors import UserError
@@ -91,18 +92,48 @@ def check_resumes(tokenizer, paths, points: Sequence[int], after: int, **kwargs)
         assert_same(take(resumed, after), expected)
 
 
+@pytest.mark.parametrize("break_mode", ["none", "complete_doc"])
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 @pytest.mark.parametrize("files", [3, 1])
 @pytest.mark.parametrize("update_freq", [1, 2])
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_gives_the_batches_of_an_uninterrupted_run(tmp_path, tokenizer, suffix, files, update_freq, num_workers):
+def test_resume_gives_the_batches_of_an_uninterrupted_run(
+    tmp_path, tokenizer, suffix, files, update_freq, num_workers, break_mode
+):
     paths = [write(tmp_path / f"{i}{suffix}", DOCS[i::files]) for i in range(files)]
-    per_epoch = len(list(make(tokenizer, paths, num_workers).epoch_iter()))
+    per_epoch = len(list(make(tokenizer, paths, num_workers, break_mode=break_mode).epoch_iter()))
     updates = per_epoch // update_freq
     assert updates >= 6, "the test wants resumes inside epoch 1, at its end and across into epoch 2"
     # Early, mid-epoch, the update holding the epoch's end, and inside epoch 2.
     check_resumes(tokenizer, paths, [1, updates // 2, updates, updates + 2], after=3,
-                  num_workers=num_workers, update_freq=update_freq)  # fmt: skip
+                  num_workers=num_workers, update_freq=update_freq, break_mode=break_mode)  # fmt: skip
+
+
+@pytest.mark.parametrize("break_mode", ["complete", "eos"])
+def test_resume_with_the_other_sentence_break_modes(tmp_path, tokenizer, break_mode):
+    paths = [write(tmp_path / f"{i}.txt", DOCS[i::2]) for i in range(2)]
+    check_resumes(tokenizer, paths, [1, 5, 9], after=3, num_workers=2, break_mode=break_mode)
+
+
+@pytest.mark.parametrize("break_mode", ["none", "complete_doc"])
+def test_resume_streaming_a_save_to_disk_folder(tmp_path, tokenizer, break_mode):
+    """dataset=hf: row-index positions in an Arrow split spread over several files, resumed by index alone."""
+    import datasets
+
+    folder = tmp_path / "hf"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS})}).save_to_disk(
+        str(folder), max_shard_size="2KB"
+    )
+    arrow = [ArrowSplit(str(folder), "train", "text")]
+    assert len(list(folder.glob("train/*.arrow"))) > 1
+    per_epoch = len(list(make(tokenizer, arrow, break_mode=break_mode).epoch_iter()))
+    check_resumes(tokenizer, arrow, [1, per_epoch // 2, per_epoch, per_epoch + 2], after=3, break_mode=break_mode)
+    check_resumes(tokenizer, arrow, [1, 4, 7], after=3, num_workers=2, shuffle_buffer=3, rank=1, world_size=2,
+                  break_mode=break_mode)  # fmt: skip
+    iterator = make(tokenizer, arrow, num_workers=2, break_mode=break_mode)
+    take(iterator, 3)
+    rows = [stream["position"]["offset"] for stream in saved(iterator)["streams"].values()]
+    assert all(isinstance(row, int) and row > 0 for row in rows)  # row indices: seekable
 
 
 def test_resume_with_csv_parquet_shuffling_and_ranks(tmp_path, tokenizer):

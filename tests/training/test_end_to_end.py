@@ -81,5 +81,8 @@ def test_streaming_training_reads_raw_files_without_a_token_cache(tiny_overrides
     assert summary["final_valid"]["loss"] < summary["first_valid"]["loss"]
     position = load_checkpoint(summary["checkpoint"])["train_iterator"][0]  # one position per process
     assert (position["epoch"], position["batches"]) == (1, 12)
-    with pytest.raises(UserError, match="needs task.sample_break_mode=none"):
-        run(compose_config(overrides[:-3] + ["optimization.max_update=1"]), tmp_path / "complete")
+    # Every break mode streams: complete_doc packs whole sentences of one document per sample.
+    complete_doc = [o for o in overrides if not o.startswith("task.sample_break_mode")]
+    summary = run(compose_config(complete_doc + ["task.sample_break_mode=complete_doc", "optimization.max_update=2"]),
+                  tmp_path / "complete_doc")  # fmt: skip
+    assert summary["updates"] == 2 and summary["final_valid"]["masked"] > 0
