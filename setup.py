@@ -18,6 +18,8 @@ setup(
         "linformer_pt.training",
         "linformer_pt.configs",
         "linformer_pt.hf",
+        "linformer_pt.sweeps",
+        "linformer_pt.analysis",
     ],
     # The top-level configs/ folder is the package linformer_pt.configs, so that Hydra finds it
     # through pkg:// from an editable checkout, a wheel, or the Docker image alike.
@@ -49,6 +51,9 @@ setup(
             "linformer-export=linformer_pt.cli.export:main",
             "linformer-eval=linformer_pt.cli.eval:main",
             "linformer-fill-mask=linformer_pt.cli.fill_mask:main",
+            "linformer-sweep-report=linformer_pt.cli.sweep_report:main",
+            "linformer-analyze=linformer_pt.cli.analyze:main",
+            "linformer-predict=linformer_pt.cli.predict:main",
         ],
     },
 )

@@ -211,14 +211,22 @@ class CheckpointConfig:
     reset_dataloader: bool = False  # resume at the start of the data (allows another global batch)
     reset_meters: bool = False  # forget the best validation loss
     init_from: Optional[str] = None  # start from these weights only (resized if model.max_positions differs)
+    # sentence_prediction: a pretraining run folder, checkpoint or export; its encoder (LM head dropped) and tokenizer
+    finetune_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_text("checkpoint.save_dir", self.save_dir)
-        for key in ("restore_file", "init_from"):  # restore_file is looked up at resume time; "" means none
+        for key in ("restore_file", "init_from", "finetune_from"):  # restore_file is looked up at resume time; "" means none
             if getattr(self, key) is not None:
                 check_text(f"checkpoint.{key}", getattr(self, key), allow_empty=True)
         if self.init_from:
             check(Path(self.init_from).expanduser().is_file(), f"checkpoint.init_from: no such file: {self.init_from}")
+        if self.finetune_from:
+            check(
+                Path(self.finetune_from).expanduser().exists(),
+                f"checkpoint.finetune_from: no such run folder, checkpoint or export: {self.finetune_from}",
+            )
+            check(not self.init_from, "checkpoint.finetune_from and checkpoint.init_from exclude each other; give one")
         check(self.save_interval_updates >= 0, f"checkpoint.save_interval_updates={self.save_interval_updates} must be >= 0")
         check(self.save_interval_minutes >= 0, f"checkpoint.save_interval_minutes={self.save_interval_minutes} must be >= 0")
         check(self.keep_last >= 0, f"checkpoint.keep_last={self.keep_last} must be >= 0")
@@ -235,10 +243,12 @@ class LoggingConfig:
     tensorboard: bool = True  # scalars under <output>/tensorboard
     wandb: bool = False  # needs `pip install wandb`; WANDB_MODE=offline works without a network
     wandb_project: str = "linformer-pt"
+    run_name: str = ""  # the run's label in summary.json and sweep reports; "": the overrides that made it
 
     def __post_init__(self) -> None:
         check(self.log_interval > 0, f"logging.log_interval={self.log_interval} must be > 0")
         check_text("logging.wandb_project", self.wandb_project)
+        check_text("logging.run_name", self.run_name, allow_empty=True)
 
 
 @dataclass

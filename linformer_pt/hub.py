@@ -300,6 +300,14 @@ class LinformerForMaskedLM(LinformerRoberta):
         return out
 
 
+def load_any(source: PathLike, last: bool = False) -> LinformerForMaskedLM:
+    """An export folder (config.json) via from_pretrained, else a run folder or checkpoint via from_checkpoint."""
+    path = Path(source).expanduser()
+    if (path / CONFIG_FILE).is_file():
+        return LinformerForMaskedLM.from_pretrained(path)
+    return LinformerForMaskedLM.from_checkpoint(path, last=last)
+
+
 def to_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     """`bf16`, `fp16`, `fp32` (or a torch dtype) -> the torch dtype."""
     if isinstance(dtype, torch.dtype):

@@ -3,26 +3,24 @@
 Run: python scripts/plot_metrics.py outputs/2026-.../run_a [more runs or metrics.jsonl files] --out curves.png
 """
 import argparse
-import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
+
+from linformer_pt.sweeps.labels import run_labels
+from linformer_pt.sweeps.runs import read_metrics
 
 PANELS = [("train", "loss", "train loss (nats)"), ("valid", "loss", "valid loss (nats)"),
           ("train", "lr", "learning rate"), ("train", "tokens_per_s", "tokens / s")]  # fmt: skip
 
 
-def read_metrics(path: Path) -> List[Dict]:
-    """Records of a metrics.jsonl file, or of the one inside a run folder."""
-    path = path / "metrics.jsonl" if path.is_dir() else path
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def load_runs(paths: List[Path]) -> Dict[str, List[Dict]]:
+    """{label: metrics records} of run folders or metrics.jsonl files, labelled by the overrides that differ."""
+    files = [path / "metrics.jsonl" if path.is_dir() else path for path in paths]
+    return {label: read_metrics(file)[0] for label, file in zip(run_labels([f.parent for f in files]), files)}
 
 
-def label_of(path: Path) -> str:
-    return (path if path.is_dir() else path.parent).name
-
-
-def plot(runs: Dict[str, List[Dict]], out: Path) -> None:
+def plot(runs: Dict[str, List[Dict]], out: Path) -> Any:
+    """Draw the PANELS of every run into `out`; returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -31,15 +29,17 @@ def plot(runs: Dict[str, List[Dict]], out: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (split, key, title) in zip(axes.flat, PANELS):
         for label, records in runs.items():
-            points = [(r["update"], r[key]) for r in records if r["split"] == split and key in r]
-            if points:
-                ax.plot(*zip(*points), marker="o" if split == "valid" else None, markersize=3, label=label)
+            points = [(r["update"], r[key]) for r in records if r.get("split") == split and key in r]
+            if points:  # a marker on validation points, and on any lone point: a line of one point is invisible
+                marker = "o" if split == "valid" or len(points) == 1 else None
+                ax.plot(*zip(*points), marker=marker, markersize=3, label=label)
         ax.set(title=title, xlabel="update")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+    return fig
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
     missing = [str(p) for p in args.runs if not (p / "metrics.jsonl" if p.is_dir() else p).is_file()]
     if missing:
         parser.error(f"no metrics.jsonl at: {', '.join(missing)}")
-    plot({label_of(p): read_metrics(p) for p in args.runs}, args.out)
+    plot(load_runs(args.runs), args.out)
     print(f"plot: {args.out}")
 
 

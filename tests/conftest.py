@@ -56,12 +56,13 @@ def build_trainer(overrides: List[str], output_dir: Path):
     """A Trainer for the composed config, built as linformer-train builds it (single process)."""
     import torch
 
+    from linformer_pt.cli.train import build_model
     from linformer_pt.config import load_config
-    from linformer_pt.registry import MODELS, TASKS
+    from linformer_pt.registry import TASKS
     from linformer_pt.training.trainer import Trainer
 
     cfg = load_config(compose_config(overrides))
     torch.manual_seed(cfg.common.seed)
     task = TASKS.get(cfg.task.name).cls.setup(cfg)
-    model = MODELS.get(cfg.model.name).cls.build(cfg.model, task)
+    cfg, model = build_model(cfg, task)
     return Trainer(cfg, task, model, output_dir)

@@ -102,7 +102,7 @@ def test_help_lists_only_options_that_exist(tmp_path):
     groups = result.stdout.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
     listed = dict(line.split(": ", 1) for line in groups.splitlines() if ": " in line)
     configs = Path(__file__).resolve().parents[1] / "configs"
-    assert set(listed) == {"dataset", "experiment", "logger", "lr_scheduler", "model", "optim", "task"}
+    assert set(listed) == {"attention", "dataset", "experiment", "logger", "lr_scheduler", "model", "optim", "task"}
     for group, options in listed.items():
         assert options.split(", ") == sorted(p.stem for p in (configs / group).glob("*.yaml")), group
 

@@ -18,7 +18,7 @@ def group_options(group: str) -> list:
 
 
 @pytest.mark.parametrize(
-    "group", ["model", "task", "dataset", "optim", "lr_scheduler", "logger", "experiment"]
+    "group", ["model", "task", "dataset", "optim", "lr_scheduler", "logger", "experiment", "attention"]
 )
 def test_every_group_option_composes_and_validates(group):
     options = group_options(group)
@@ -28,6 +28,8 @@ def test_every_group_option_composes_and_validates(group):
         required = {"text": "dataset.train_files=[corpus.txt]", "hf": "dataset.hf_name=wikitext", "shards": "dataset.path=x"}
         if group == "dataset" and option in required:
             overrides.append(required[option])
+        if group == "experiment" and option.endswith("_paper"):  # the paper's scale reads a preprocessed corpus
+            overrides.append("dataset.path=x")
         cfg = load_config(compose_config(overrides))
         assert isinstance(cfg, TrainConfig)
 

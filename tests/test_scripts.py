@@ -22,3 +22,22 @@ def test_plot_metrics_draws_a_png_from_run_folders(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no metrics.jsonl at" in bad.stderr
+
+
+def test_bow_baseline_separates_a_toy_sentiment_set(tmp_path):
+    good = ["a great film", "great acting and a fine story", "fine , truly great"]
+    bad = ["a dull film", "dull acting", "awful and dull story"]
+    rows = [f"{text}\t1" for text in good] * 6 + [f"{text}\t0" for text in bad] * 6
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\ngreat story\t1\nso dull\t0\nfine acting\t1\nawful film\t0\n")
+    out = tmp_path / "results.json"
+    script = REPO / "scripts" / "bow_baseline.py"
+    result = subprocess.run([sys.executable, str(script), "--train", str(tmp_path / "train.tsv"),
+                             "--valid", str(tmp_path / "dev.tsv"), "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
+    assert results["valid_accuracy"] == 1.0 and results["valid_f1"] == 1.0 and results["train_size"] == 36
+    assert "dev accuracy  1.0000" in result.stdout
+    bad_run = subprocess.run([sys.executable, str(script), "--train", str(tmp_path / "train.tsv"), "--valid",
+                              str(tmp_path / "dev.tsv"), "--label-column", "stars"], capture_output=True, text=True)  # fmt: skip
+    assert bad_run.returncode == 2 and "has no column 'stars'" in bad_run.stderr.strip()

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from linformer_pt.errors import RunInterrupted, UserError
 from linformer_pt.registry import unknown_key
+from linformer_pt.sweeps.labels import override_key
 
 # Flags after which Hydra prints something instead of running: it handles those command lines itself.
 INFO_FLAGS = {
@@ -75,11 +76,6 @@ def split_argv(argv: Sequence[str]) -> Tuple[List[str], Set[str]]:
         else:
             overrides.append(arg)
     return overrides, flags
-
-
-def override_key(override: str) -> str:
-    """`+optimization.max_update=5` -> `optimization.max_update`."""
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 def compose(config_name: str, overrides: List[str], keep_hydra: bool = False) -> DictConfig:

@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from linformer_pt.cli.common import compose, one_line_errors, override_key
+from linformer_pt.cli.common import compose, one_line_errors
+from linformer_pt.sweeps.labels import override_key
 from linformer_pt.config import DatasetConfig, TrainConfig, load_config
 from linformer_pt.errors import UserError
 
@@ -118,16 +119,6 @@ def evaluate(model: Any, config: TrainConfig, device: torch.device, progress: bo
             "samples": len(dataset), "seed": config.common.seed}  # fmt: skip
 
 
-def load_any(source: str, last: bool) -> Any:
-    """An export folder (config.json) via from_pretrained, else a run folder or checkpoint via from_checkpoint."""
-    from linformer_pt.hub import CONFIG_FILE, LinformerForMaskedLM
-
-    path = Path(source).expanduser()
-    if (path / CONFIG_FILE).is_file():
-        return LinformerForMaskedLM.from_pretrained(path)
-    return LinformerForMaskedLM.from_checkpoint(path, last=last)
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a run folder, a checkpoint .pt file, or a linformer-export folder")
@@ -136,6 +127,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with one_line_errors(PROG):
+        from linformer_pt.hub import load_any
         from linformer_pt.training.trainer import resolve_device
 
         model = load_any(args.model, args.last)

@@ -20,7 +20,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights' dtype (default fp32)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with one_line_errors(PROG):
-        from linformer_pt.cli.eval import load_any
+        from linformer_pt.hub import load_any
 
         model = load_any(args.model, args.last)
         files = model.save_pretrained(args.out, dtype=args.dtype)

@@ -41,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if args.top_k < 1 or args.batch_size < 1:
             raise UserError("--top-k and --batch-size must be >= 1")
         texts = read_texts(args.texts, args.file)
-        from linformer_pt.cli.eval import load_any
+        from linformer_pt.hub import load_any
 
         model = load_any(args.model, last=False)
         for start in range(0, len(texts), args.batch_size):

@@ -3,15 +3,17 @@
 Bad input (a UserError) or a diverged run is one line on stderr with exit status 2; outputs already on disk stay.
 The command line is validated before Hydra creates the run folder, so a bad value leaves nothing behind.
 """
+import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from torch import nn
 
 import linformer_pt.models  # noqa: F401  (registers models)
 import linformer_pt.tasks  # noqa: F401  (registers tasks)
@@ -19,41 +21,91 @@ import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
 from linformer_pt.config import TrainConfig, load_config
 from linformer_pt.cli.common import check_command_line, check_group_options, one_line_errors
 from linformer_pt.cli.console import tee_console
-from linformer_pt.errors import UserError
+from linformer_pt.errors import RunInterrupted, UserError
 from linformer_pt.models.loading import load_weights
 from linformer_pt.training.checkpoint import load_checkpoint
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
 from linformer_pt.training.resume import find_checkpoint
+from linformer_pt.training.summary import failure_summary, finished_summary, run_summary, write_summary
 from linformer_pt.training.trainer import Trainer, resolve_device
 
 
-def run(cfg: DictConfig, output_dir: Path) -> Dict[str, Any]:
-    """Validate `cfg`, build task and model, train, and return the summary (losses, checkpoint path)."""
+def run(cfg: DictConfig, output_dir: Path, run_name: str = "", overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Validate `cfg`, train (unless this folder holds the same run, finished), write summary.json, return the result.
+
+    `run_name` (default: logging.run_name, else the folder's name) and `overrides` label the run in sweep reports.
+    """
     config = load_config(cfg)
     if config.common.threads:
         torch.set_num_threads(config.common.threads)
     dist = init_distributed(resolve_device(config.common.device))
+    name = config.logging.run_name or run_name or output_dir.name
     try:
-        return train(config, output_dir, dist)
+        done = finished_summary(output_dir, config)
+        if done is not None:
+            return already_finished(done, output_dir, dist.is_main)
+        return train_and_summarise(config, output_dir, dist, name, overrides)
     finally:
         shutdown()
 
 
-def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[str, Any]:
-    """Set up the task (rank 0 first, so caches are built once), build the model and fit it."""
+def already_finished(summary: Dict[str, Any], output_dir: Path, say_it: bool) -> Dict[str, Any]:
+    """A rerun of a finished run (a sweep started again) trains nothing and returns the saved result."""
+    if say_it:
+        print(f"{output_dir} already holds this run, finished at update {summary['updates']} "
+              f"({valid_line({}, summary['final_valid'])}); nothing to train", flush=True)  # fmt: skip
+    checkpoint = output_dir / summary["config"]["checkpoint"]["save_dir"] / "checkpoint_last.pt"
+    return {"first_valid": summary["final_valid"], "final_valid": summary["final_valid"], "updates": summary["updates"],
+            "checkpoint": str(checkpoint), "metrics": str(output_dir / "metrics.jsonl"), "finished_before": True}  # fmt: skip
+
+
+def train_and_summarise(
+    config: TrainConfig, output_dir: Path, dist: DistributedInfo, name: str, overrides: Sequence[str]
+) -> Dict[str, Any]:
+    """train(), then summary.json on the main process: finished, interrupted (resumable) or failed (with the error)."""
+    built: Dict[str, Any] = {}
+    record = (lambda summary: write_summary(output_dir, summary)) if dist.is_main else (lambda summary: None)
+    try:
+        result = train(config, output_dir, dist, built)
+    except RunInterrupted:
+        record(run_summary(built["trainer"], "interrupted", name, overrides, unigram=None))
+        raise
+    except (UserError, FloatingPointError) as err:
+        if "trainer" in built:
+            record({**run_summary(built["trainer"], "failed", name, overrides, unigram=None), "error": str(err)})
+        else:
+            record(failure_summary(config, str(err), name, overrides))
+        raise
+    if dist.is_main:
+        unigram = built["task"].unigram_baseline() if hasattr(built["task"], "unigram_baseline") else None
+        record(run_summary(built["trainer"], "finished", name, overrides, unigram))
+        if unigram:
+            print(f"unigram baseline of the validation targets: ppl {unigram['ppl']:.1f}", flush=True)
+    return result
+
+
+def train(
+    config: TrainConfig, output_dir: Path, dist: DistributedInfo, built: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """Set up the task (rank 0 first, so caches are built once), build the model and fit it.
+
+    `built` receives the task and trainer as they are made, so a caller can summarise a run that stopped.
+    """
+    built = {} if built is None else built
     torch.manual_seed(config.common.seed)  # model initialisation: the same on every process
     if not dist.is_main:
         barrier()  # let rank 0 build the corpus, tokenizer and token caches first
-    task = TASKS.get(config.task.name).cls.setup(config)
+    task = built["task"] = TASKS.get(config.task.name).cls.setup(config)
     if dist.is_main:
         barrier()
-    task.check_model(config.model)
+    config, model = build_model(config, task)
     say = print if dist.is_main else (lambda *args, **kwargs: None)
-    model = MODELS.get(config.model.name).cls.build(config.model, task)
     resume_from = find_checkpoint(config, output_dir)
     if resume_from is not None:
         say(f"resuming from {resume_from}", flush=True)
+    elif hasattr(task, "init_model"):
+        say(task.init_model(model), flush=True)
     elif config.checkpoint.init_from:
         checkpoint = load_checkpoint(config.checkpoint.init_from)
         check_same_tokenizer(checkpoint, task.provenance()["tokenizer_sha256"], config.checkpoint.init_from)
@@ -65,23 +117,48 @@ def train(config: TrainConfig, output_dir: Path, dist: DistributedInfo) -> Dict[
     say(device_line(config.common.device, config.trainer.precision, dist.world_size), flush=True)
     if dist.enabled:
         say(f"distributed: {dist.world_size} processes", flush=True)
-    trainer = Trainer(config, task, model, output_dir, dist, resume_from)
+    trainer = built["trainer"] = Trainer(config, task, model, output_dir, dist, resume_from)
     if resume_from is not None:
         position = trainer.train_iterator.state_dict()
         say(f"resumed at update {trainer.update} (epoch {position['epoch']})", flush=True)
     summary = trainer.fit()
     if summary.get("finished_before"):
         say(f"this run already finished at update {summary['updates']} (raise optimization.max_update to continue)")
-    first, final = summary["first_valid"], summary["final_valid"]
-    # No first validation (optimization.validate_at_start=false): only the final result.
-    loss = f"{first['loss']:.3f} -> {final['loss']:.3f}" if first else f"{final['loss']:.3f}" if final else "n/a"
-    ppl = f"{first['ppl']:.1f} -> {final['ppl']:.1f}" if first else f"{final['ppl']:.1f}" if final else "n/a"
     say(
-        f"done: {summary['updates']} updates; valid loss {loss} (ppl {ppl})\n"
+        f"done: {summary['updates']} updates; {valid_line(summary['first_valid'], summary['final_valid'])}\n"
         f"checkpoint: {summary['checkpoint']}\nmetrics: {summary['metrics']}\noutput folder: {output_dir}",
         flush=True,
     )
     return summary
+
+
+def build_model(config: TrainConfig, task: Any) -> Tuple[TrainConfig, nn.Module]:
+    """The model for `task`, and the config with the model section it was built from.
+
+    A fine-tuning task takes the architecture from its pretrained model and builds its own head on the encoder.
+    """
+    if hasattr(task, "model_config"):
+        config = dataclasses.replace(config, model=task.model_config(config.model))
+    task.check_model(config.model)
+    if hasattr(task, "build_model"):
+        return config, task.build_model(config.model)
+    return config, MODELS.get(config.model.name).cls.build(config.model, task)
+
+
+def valid_line(first: Dict[str, float], final: Dict[str, float]) -> str:
+    """'valid loss 9.067 -> 6.757 (ppl 8669.0 -> 860.0)': each metric from the first to the final validation.
+
+    Without a first validation (optimization.validate_at_start=false) only the final values are given.
+    """
+    if not final:
+        return "valid loss n/a"
+
+    def change(key: str) -> str:
+        digits = 1 if key == "ppl" else 3
+        return f"{first[key]:.{digits}f} -> {final[key]:.{digits}f}" if key in (first or {}) else f"{final[key]:.{digits}f}"
+
+    others = ", ".join(f"{key} {change(key)}" for key in final if key not in ("loss", "masked"))
+    return f"valid loss {change('loss')}" + (f" ({others})" if others else "")
 
 
 def device_line(requested: str, precision: str, world_size: int = 1) -> str:
@@ -108,13 +185,14 @@ def check_same_tokenizer(checkpoint: Dict[str, Any], tokenizer_sha256: str, path
 
 @hydra.main(version_base="1.3", config_path="pkg://linformer_pt.configs", config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
     with tee_console(output_dir / "train.log", enabled=world_from_env().is_main), one_line_errors("linformer-train"):
-        summary = run(cfg, output_dir)
+        summary = run(cfg, output_dir, hydra_cfg.job.override_dirname, list(hydra_cfg.overrides.task))
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise
 
 
-CONFIG_GROUPS = ("model", "task", "dataset", "optim", "lr_scheduler", "logger", "experiment")
+CONFIG_GROUPS = ("model", "task", "dataset", "optim", "lr_scheduler", "logger", "experiment", "attention")
 
 
 def torchrun_overrides(argv: List[str]) -> List[str]:

@@ -5,7 +5,7 @@ The loss is cross-entropy over masked positions only; the model computes logits 
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
 from linformer_pt.data.stream_reader import ArrowSplit
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
 from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, cached_tokenizer, load_tokenizer, special_mask, word_begins
+from linformer_pt.data.unigram import token_counts, unigram_baseline
 from linformer_pt.errors import UserError
 from linformer_pt.registry import register_task
 from linformer_pt.training.distributed import world_from_env
@@ -175,10 +176,8 @@ class MaskedLMTask:
         if data.streaming:
             dataset = self.dataset(split, rank, world_size)
             return StreamingBatchIterator(dataset, data.batch_size, data.num_workers, update_freq)
-        dataset: Union[MaskedLMDataset, ValidSubset] = self.dataset(split)
-        full = dataset
-        if split == "valid" and data.max_valid_tokens:
-            dataset = ValidSubset(full, data.max_valid_tokens, self.cfg.common.seed)
+        full = self.dataset(split)
+        dataset = self.valid_samples(full) if split == "valid" else full
         iterator = EpochBatchIterator(
             dataset, data.batch_size, partial(collate, pad_id=self.pad_id), self.cfg.common.seed,
             shuffle=split == "train", num_workers=data.num_workers, rank=rank, world_size=world_size,
@@ -187,6 +186,21 @@ class MaskedLMTask:
         if rank == 0:
             print(data_summary(split, full, dataset, iterator, self.cfg), flush=True)
         return iterator
+
+    def valid_samples(self, full: MaskedLMDataset) -> Union[MaskedLMDataset, ValidSubset]:
+        """What validation reads: the whole set, or its fixed subset under dataset.max_valid_tokens."""
+        budget = self.cfg.dataset.max_valid_tokens
+        return ValidSubset(full, budget, self.cfg.common.seed) if budget else full
+
+    def unigram_baseline(self) -> Optional[Dict[str, float]]:
+        """The unigram ppl of exactly the masked tokens validation scores (None when streaming: no counts)."""
+        if self.cfg.dataset.streaming:
+            return None
+        counts = token_counts(self.corpora["train"], self.vocab_size)
+        samples = self.valid_samples(self.dataset("valid"))
+        samples.set_epoch(1)  # validation always reads epoch 1's masks (EpochBatchIterator.restart)
+        targets = (item["targets"][item["is_masked"]] for item in (samples[i] for i in range(len(samples))))
+        return unigram_baseline(counts, self.is_special, targets)
 
     def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
         """Summed cross-entropy over masked tokens, and its value and token count for logging and normalising."""

@@ -123,10 +123,12 @@ def restore_training_state(trainer: Any, state: Dict[str, Any]) -> None:
         mine = positions[trainer.dist.rank] if len(positions) == trainer.dist.world_size else positions[0]
         trainer.train_iterator.load_state_dict(mine)
     if not ck.reset_meters:
-        trainer.best_valid_loss, trainer.last_valid = state["best_valid_loss"], state["last_valid"]
+        trainer.best_valid_score = state.get("best_valid_score", state.get("best_valid_loss"))  # older checkpoints
+        trainer.last_valid = state["last_valid"]
         trainer.train_seconds, trainer.overflows = state.get("train_seconds", 0.0), state.get("overflows", 0)
         trainer.window.load_state_dict(state.get("log_window", {}))
     trainer.metrics_lines = state.get("metrics_lines", 0)
+    trainer.stats.load_state_dict(state.get("run_stats", {}))
     torch.set_rng_state(state["rng"]["torch"])
 
 

@@ -30,6 +30,7 @@ from linformer_pt.training.logging import MetricsLogger, peak_tflops
 from linformer_pt.training.optim import build_lr_scheduler, build_optimizer
 from linformer_pt.training.precision import Precision
 from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock
+from linformer_pt.training.run_stats import RunStats
 from linformer_pt.training.signals import StopSignals
 
 
@@ -107,11 +108,12 @@ class Trainer:
         self.valid_iterator = task.batch_iterator("valid", dist.rank, dist.world_size)
         self.update = 0
         self.overflows = 0
-        self.best_valid_loss = math.inf
+        self.best_valid_score = math.inf  # the task's best_score (lower is better): the validation loss by default
         self.last_valid: Dict[str, float] = {}
         self.train_seconds = 0.0  # training time of earlier sessions of this run (stop_time_hours counts it)
         self.start_time = time.perf_counter()
         self.window = Window()
+        self.stats = RunStats()
         self.metrics_lines = 0  # lines of metrics.jsonl that belong to the state (a resume cuts the rest)
         self.peak_tflops = t.peak_tflops or peak_tflops(self.device)
         ck = cfg.checkpoint
@@ -162,6 +164,7 @@ class Trainer:
         if self.precision.update(gnorm):
             self.optimizer.step()
             self.update += 1
+            self.stats.add_update(tokens)
         elif self.precision.dynamic:
             self.overflows += 1  # fp16 overflow: this update is skipped and the loss scale lowered
         else:
@@ -186,6 +189,7 @@ class Trainer:
         self.wrapped.eval()
         self.valid_iterator.restart()
         loss_sum, masked = 0.0, 0.0
+        outputs = []  # what a task scores beyond the loss (e.g. logits and labels for accuracy)
         batches = self.valid_iterator.epoch_iter()
         while True:
             batch = next(batches, None)
@@ -200,9 +204,15 @@ class Trainer:
             with self.precision.autocast():
                 _, stats = self.task.loss(self.model, self._to_device(batch))
             loss_sum, masked = loss_sum + stats["loss_sum"], masked + stats["masked"]
+            if "outputs" in stats:
+                outputs.append(stats["outputs"])
         loss_sum, masked = all_reduce_sum([loss_sum, masked], self.device)
         loss = loss_sum / max(masked, 1)
-        self.last_valid = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": int(masked)}
+        if hasattr(self.task, "valid_metrics"):
+            gathered = [output for part in all_gather_objects(outputs) for output in part]
+            self.last_valid = {"loss": loss, **self.task.valid_metrics(gathered), "masked": int(masked)}
+        else:
+            self.last_valid = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": int(masked)}
         return self.last_valid
 
     def _empty_batch(self) -> Dict[str, Tensor]:
@@ -233,6 +243,7 @@ class Trainer:
             )
         else:
             model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+        self.stats.note_memory(self.device)
         return {
             "model": model_state,
             "optimizer": optimizer_state,
@@ -241,16 +252,18 @@ class Trainer:
             "update": self.update,
             "world_size": self.dist.world_size,
             "train_iterator": all_gather_objects(self.train_iterator.state_dict()),  # one position per process
-            "best_valid_loss": self.best_valid_loss,
+            "best_valid_score": self.best_valid_score,
             "last_valid": self.last_valid,
-            "train_seconds": self._train_seconds(),
+            "train_seconds": self.training_seconds(),
             "overflows": self.overflows,
             "log_window": self.window.state_dict(),
+            "run_stats": self.stats.state_dict(),
             "metrics_lines": self.metrics_lines,
             "rng": rng_states(),
             "cfg": asdict(self.cfg),
             "model_args": {"vocab_size": self.task.vocab_size, "pad_id": self.task.pad_id},
             "provenance": self.provenance,
+            "task_state": self.task.state_dict() if hasattr(self.task, "state_dict") else {},  # e.g. a label map
         }
 
     def save(self, name: str = CHECKPOINT_LAST, numbered: bool = False) -> Path:
@@ -305,7 +318,7 @@ class Trainer:
                 bar.update(1)
                 # One decision for all processes: each has its own clock and may have caught a signal alone.
                 signalled, time_over, save_due = self._agree([
-                    signals.requested, self._train_seconds() >= opt.stop_time_hours * 3600 > 0,
+                    signals.requested, self.training_seconds() >= opt.stop_time_hours * 3600 > 0,
                     time.perf_counter() - last_save >= self.cfg.checkpoint.save_interval_minutes * 60 > 0,
                 ])  # fmt: skip
                 stop = signalled or self._limit_reached(time_over)
@@ -343,16 +356,19 @@ class Trainer:
         epochs_done = opt.max_epoch > 0 and self.train_iterator.epoch > opt.max_epoch
         return self.update >= opt.max_update or epochs_done or time_over
 
-    def _train_seconds(self) -> float:
+    def training_seconds(self) -> float:
         """Training time of this run over all its sessions (a resumed run keeps its time budget)."""
         return self.train_seconds + time.perf_counter() - self.start_time
 
     def _validate_and_log(self, logger: MetricsLogger) -> Dict[str, float]:
         """Validate, log, then keep the weights as checkpoint_best.pt if they are the best so far."""
+        started = time.perf_counter()
         result = self.validate()
+        score = self.task.best_score(result) if hasattr(self.task, "best_score") else result["loss"]
+        self.stats.add_validation(result, self.update, time.perf_counter() - started, score)
         self._log(logger, "valid", result)
-        if self.cfg.checkpoint.keep_best and result["loss"] < self.best_valid_loss:
-            self.best_valid_loss = result["loss"]
+        if self.cfg.checkpoint.keep_best and score < self.best_valid_score:
+            self.best_valid_score = score
             self.save(CHECKPOINT_BEST)
         return result
 
@@ -370,6 +386,7 @@ class Trainer:
         self.window = Window()
 
     def _log(self, logger: MetricsLogger, split: str, values: Dict[str, float]) -> None:
-        wall = self._train_seconds()
-        logger.log({"split": split, "update": self.update, "epoch": self.train_iterator.epoch, "wall": wall, **values})
+        wall = self.training_seconds()
+        logger.log({"split": split, "update": self.update, "epoch": self.train_iterator.epoch, "wall": wall,
+                    "tokens": self.stats.tokens_seen, **values})  # fmt: skip
         self.metrics_lines += 1

@@ -112,8 +112,8 @@ def test_reset_flags_allow_deliberate_changes(base, tmp_path):
     trainer.lr_scheduler.step(trainer.update)
     assert trainer.lr_scheduler.base_lrs[0] == pytest.approx(0.1)
     kept = resumed_trainer(more, tmp_path)
-    assert kept.optimizer.state and kept.best_valid_loss < float("inf")
-    assert resumed_trainer(more + ["checkpoint.reset_meters=true"], tmp_path).best_valid_loss == float("inf")
+    assert kept.optimizer.state and kept.best_valid_score < float("inf")
+    assert resumed_trainer(more + ["checkpoint.reset_meters=true"], tmp_path).best_valid_score == float("inf")
 
 
 def test_a_rerun_of_a_finished_run_trains_nothing_and_keeps_the_log(base, tmp_path):

@@ -21,7 +21,7 @@ from linformer_pt.training.checkpoint import load_checkpoint
 from linformer_pt.training.signals import EXIT_PREEMPTED
 
 MODULE = [sys.executable, "-m", "linformer_pt.cli.train"]
-COMPARED = ("split", "update", "epoch", "loss", "lr", "gnorm", "masked")
+COMPARED = ("split", "update", "epoch", "tokens", "loss", "lr", "gnorm", "masked")
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +138,13 @@ def test_sigterm_saves_at_the_update_boundary_exits_75_and_resumes_exactly(overr
     assert 3 <= state["update"] < 20
     assert f"interrupted at update {state['update']}; checkpoint written; rerun to resume" in out
     assert "Traceback" not in out
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"  # a report: unfinished
     finish(launch(args, run_dir))
     assert_same_run(run_dir, ref)
+    resumed, uninterrupted = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
+    assert resumed["status"] == "finished"
+    assert resumed["tokens_seen"] == uninterrupted["tokens_seen"] > 0
+    assert resumed["best_valid"] == uninterrupted["best_valid"]
 
 
 def test_two_processes_resume_on_one_at_the_same_global_batch(overrides, tmp_path):

@@ -1,0 +1,1 @@
+"""Sweeps: per-run summaries and the report that compares them."""

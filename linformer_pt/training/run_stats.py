@@ -1,0 +1,59 @@
+"""What a run has done so far, kept across resumes: tokens seen, time spent validating, peak memory, best result.
+
+These feed the `tokens` column of metrics.jsonl and the run's summary.json (linformer_pt/training/summary.py).
+"""
+import math
+import resource
+import sys
+from typing import Any, Dict
+
+import torch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory: CUDA's peak allocation on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def memory_kind(device: torch.device) -> str:
+    return "cuda_max_allocated" if device.type == "cuda" else "process_max_rss"
+
+
+class RunStats:
+    """Counters of one run over all its sessions (saved in every checkpoint)."""
+
+    def __init__(self) -> None:
+        self.tokens_seen = 0  # padding-free training tokens, summed over processes
+        self.valid_seconds = 0.0  # part of the training time spent validating (tokens/s leaves it out)
+        self.peak_memory_mb = 0.0  # the largest peak of any session so far
+        self.best_valid: Dict[str, float] = {}  # the best validation result (loss, ppl, ...) and its update
+        self.best_score = math.inf
+
+    def add_update(self, tokens: float) -> None:
+        self.tokens_seen += int(tokens)
+
+    def add_validation(self, result: Dict[str, float], update: int, seconds: float, score: float) -> None:
+        """`score` is the task's measure of the best result (lower is better; the loss unless the task says)."""
+        self.valid_seconds += seconds
+        if score < self.best_score:
+            self.best_score = score
+            self.best_valid = {**{key: value for key, value in result.items() if key != "masked"}, "update": update}
+
+    def note_memory(self, device: torch.device) -> float:
+        self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb(device))
+        return self.peak_memory_mb
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"tokens_seen": self.tokens_seen, "valid_seconds": self.valid_seconds,
+                "peak_memory_mb": self.peak_memory_mb, "best_valid": dict(self.best_valid),
+                "best_score": self.best_score}  # fmt: skip
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.tokens_seen = state.get("tokens_seen", 0)
+        self.valid_seconds = state.get("valid_seconds", 0.0)
+        self.peak_memory_mb = state.get("peak_memory_mb", 0.0)
+        self.best_valid = dict(state.get("best_valid", {}))
+        self.best_score = state.get("best_score", math.inf)

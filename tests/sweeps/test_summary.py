@@ -1,0 +1,85 @@
+"""summary.json and the unigram baseline: what each run leaves for a sweep report, checked against hand counts."""
+import json
+import math
+from collections import Counter
+
+import numpy as np
+from conftest import compose_config
+
+from linformer_pt.cli.train import run
+from linformer_pt.config import load_config
+from linformer_pt.data.unigram import unigram_baseline
+from linformer_pt.tasks.masked_lm import MaskedLMTask
+
+
+def test_the_unigram_baseline_equals_a_hand_computation():
+    is_special = np.array([True, False, False, False, False, True])
+    counts = np.array([50, 3, 0, 1, 6, 9])  # specials (ids 0 and 5) are never targets: their counts are left out
+    result = unigram_baseline(counts, is_special, [np.array([1, 1, 4]), np.array([2])])
+    # add-one over the 4 ordinary ids: (3+1, 0+1, 1+1, 6+1) / 14
+    hand = -(2 * math.log(4 / 14) + math.log(7 / 14) + math.log(1 / 14)) / 4
+    assert result["targets"] == 4
+    assert math.isclose(result["loss"], hand, rel_tol=1e-12)
+    assert math.isclose(result["ppl"], math.exp(hand), rel_tol=1e-12)
+
+
+def test_the_task_baseline_scores_exactly_the_targets_validation_scores(tiny_overrides):
+    task = MaskedLMTask(load_config(compose_config(tiny_overrides + ["dataset.max_valid_tokens=3000"])))
+    counts = Counter()
+    for shard in task.corpora["train"].shards:
+        counts.update(np.asarray(shard.tokens).tolist())
+    ordinary = [i for i in range(task.vocab_size) if not task.is_special[i]]
+    total = sum(counts[i] for i in ordinary) + len(ordinary)
+    iterator = task.batch_iterator("valid")
+    iterator.restart()  # as Trainer.validate reads it
+    targets = [t for batch in iterator.epoch_iter() for t in batch["targets"].tolist()]
+    hand = -sum(math.log((counts[t] + 1) / total) for t in targets) / len(targets)
+    result = task.unigram_baseline()
+    assert result["targets"] == len(targets) > 100
+    assert math.isclose(result["loss"], hand, rel_tol=1e-9)
+
+
+def test_a_finished_run_writes_its_summary_and_a_rerun_trains_nothing(tiny_overrides, tmp_path):
+    cfg = compose_config(tiny_overrides + ["optimization.max_update=12", "optimization.validate_interval_updates=4",
+                                           "logging.log_interval=4"])  # fmt: skip
+    run(cfg, tmp_path, run_name="model.k=16", overrides=["model.k=16"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["split"] == "valid"]
+    train = [r for r in records if r["split"] == "train"]
+    assert summary["status"] == "finished" and summary["run_name"] == "model.k=16"
+    assert summary["overrides"] == ["model.k=16"]
+    assert summary["updates"] == summary["max_update"] == 12
+    assert summary["config"]["model"]["k"] == 16
+    # Tokens seen grow with every update and end at the summary's count.
+    assert [r["tokens"] for r in train] == sorted(r["tokens"] for r in train)
+    assert summary["tokens_seen"] == train[-1]["tokens"] == valid[-1]["tokens"] > 12 * 16
+    assert summary["final_valid"] == {"loss": valid[-1]["loss"], "ppl": valid[-1]["ppl"]}
+    best = min(valid, key=lambda r: r["loss"])
+    assert summary["best_valid"] == {"loss": best["loss"], "ppl": best["ppl"], "update": best["update"]}
+    assert summary["unigram_baseline"]["ppl"] > 1 and summary["tokens_per_s"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["wall_seconds"] > summary["valid_seconds"] > 0
+
+    metrics_before = (tmp_path / "metrics.jsonl").read_bytes()
+    checkpoint = tmp_path / "checkpoints" / "checkpoint_last.pt"
+    saved_at = checkpoint.stat().st_mtime_ns
+    again = run(cfg, tmp_path)
+    assert again["finished_before"] and again["final_valid"] == summary["final_valid"]
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics_before
+    assert checkpoint.stat().st_mtime_ns == saved_at
+
+    # More updates asked of the same folder: not the finished run any more, so it resumes and trains on.
+    longer = run(compose_config(tiny_overrides + ["optimization.max_update=14", "optimization.validate_interval_updates=4",
+                                                  "logging.log_interval=4"]), tmp_path)  # fmt: skip
+    assert longer["updates"] == 14 and not longer.get("finished_before")
+
+
+def test_a_run_that_fails_says_why_in_its_summary(tiny_overrides, tmp_path):
+    cfg = compose_config(tiny_overrides + ["dataset=text", f"dataset.train_files=[{tmp_path / 'missing.txt'}]"])
+    try:
+        run(cfg, tmp_path / "run")
+    except Exception as err:  # the CLI turns it into one line; here the summary is what is checked
+        message = str(err)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"] == message and "missing.txt" in message
