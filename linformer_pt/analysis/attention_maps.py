@@ -80,10 +80,10 @@ def projected_keys_values(
     e = shared if attn.sharing == "layerwise" else attn.proj_e
     f = attn.proj_f or e
     if attn.fairseq_compat:
-        project = attn._project_first if e.linear and not e.per_head else attn._project_after
+        project = attn.project_first if e.linear and not e.per_head else attn.project_after
         return (*project(x, None, e, f), None)
     keep = None if padding_mask is None else ~padding_mask
-    k, v = attn._project_after(x, keep, e, f)
+    k, v = attn.project_after(x, keep, e, f)
     return k, v, e.projected_padding_mask(padding_mask, x.shape[1], x.device)
 
 

@@ -94,13 +94,13 @@ class LinformerSelfAttention(_MultiHeadBase):
         keep = None if padding_mask is None or self.fairseq_compat else ~padding_mask
         q = self.split_heads(self.q_proj(x))
         if e.linear and not e.per_head:
-            k, v = self._project_first(x, keep, e, f)
+            k, v = self.project_first(x, keep, e, f)
         else:
-            k, v = self._project_after(x, keep, e, f)
+            k, v = self.project_after(x, keep, e, f)
         key_mask = None if self.fairseq_compat else e.projected_padding_mask(padding_mask, x.shape[1], x.device)
         return self.out_proj(self.attend(q, k, v, None if key_mask is None else ~key_mask[:, None, None, :]))
 
-    def _project_first(
+    def project_first(
         self, x: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection
     ) -> Tuple[Tensor, Tensor]:
         """K = E(m*(X W_K + b_K)) computed as E(m*X) W_K + E(m) b_K: the K/V maps then run on k rows, not n.
@@ -118,7 +118,7 @@ class LinformerSelfAttention(_MultiHeadBase):
         v = F.linear(fx, self.v_proj.weight) + f1 * self.v_proj.bias
         return self.split_heads(k), self.split_heads(v)
 
-    def _project_after(
+    def project_after(
         self, x: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection
     ) -> Tuple[Tensor, Tensor]:
         """Per-head or non-linear (max-pool) projections need the full n-row keys and values first."""

@@ -94,8 +94,8 @@ def test_projecting_the_sequence_first_equals_projecting_keys_first(sharing, pro
     mask[1, 6:] = True
     mask[2, 2:] = True
     keep = ~mask
-    k, v = attn._project_first(x, keep, e, f)
-    k_after, v_after = attn._project_after(x, keep, e, f)  # the textbook order: K = X W_K + b, then E
+    k, v = attn.project_first(x, keep, e, f)
+    k_after, v_after = attn.project_after(x, keep, e, f)  # the textbook order: K = X W_K + b, then E
     torch.testing.assert_close(k, k_after, atol=1e-10, rtol=0)
     torch.testing.assert_close(v, v_after, atol=1e-10, rtol=0)
 
