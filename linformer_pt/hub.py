@@ -128,6 +128,59 @@ def read_weights(path: Path, tied: Dict[str, str]) -> Dict[str, torch.Tensor]:
     return state
 
 
+def refuse_fine_tuned(source: Path, task: str) -> None:
+    """A fine-tuned model has a task head instead of the LM head: say so in one line rather than misload it."""
+    if task != "masked_lm":
+        raise UserError(f"{source} is a fine-tuned task={task} model, not a masked LM: predict with linformer-predict; "
+                        "to fine-tune again, start from its pretraining run")  # fmt: skip
+
+
+def special_ids_in(tokenizer: Tokenizer) -> Dict[str, int]:
+    """Ids of <s>, <pad>, </s>, <unk> and <mask> in `tokenizer` (config.json records them)."""
+    names = {"bos": BOS, "pad": PAD, "eos": EOS, "unk": UNK, "mask": MASK}
+    return {key: tokenizer.token_to_id(token) for key, token in names.items()}
+
+
+def write_export(
+    folder: PathLike,
+    model: LinformerRoberta,
+    tokenizer_path: Path,
+    config: Dict[str, Any],
+    dtype: Optional[Union[str, torch.dtype]],
+    architecture: str,
+) -> List[Path]:
+    """The export layout of any LinformerRoberta (masked LM or fine-tuned): model.safetensors in `dtype` (default:
+    the model's), config.json (`config` plus the architecture, format and transformers' keys), tokenizer.json and
+    the code transformers imports, whose `architecture` class loads it; returns the paths written."""
+    from safetensors.torch import save_file
+
+    from linformer_pt.hf import write_hf_files
+
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = to_dtype(dtype) if dtype is not None else model.embed_tokens.weight.dtype
+    state = {name: t.detach().to("cpu", target) for name, t in model.state_dict().items()}
+    tensors, tied = unique_tensors(state)
+    weights = folder / WEIGHTS_FILE
+    save_file(tensors, str(weights), metadata={"format": "pt", "linformer_pt_format": str(FORMAT_VERSION)})
+    tokenizer = folder / TOKENIZER_FILE
+    if Path(tokenizer_path).resolve() != tokenizer.resolve():
+        shutil.copyfile(tokenizer_path, tokenizer)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "linformer": dict(model.cfg.__dict__),
+        "vocab_size": model.embed_tokens.num_embeddings,
+        "max_positions": model.cfg.max_positions,
+        "dtype": DTYPE_NAMES[target],
+        "tied": tied,
+        **config,
+    }
+    path = folder / CONFIG_FILE
+    path.write_text(json.dumps({**config, **hf_config_fields(config, architecture)}, indent=2) + "\n", encoding="utf-8")
+    return [weights, path, tokenizer] + write_hf_files(folder, config)
+
+
 class LinformerForMaskedLM(LinformerRoberta):
     """A trained LinformerRoberta with its tokenizer: load, save, fill masks and extract features."""
 
@@ -143,6 +196,7 @@ class LinformerForMaskedLM(LinformerRoberta):
         """The model of a training checkpoint (or a run folder's best one) with the run's tokenizer, in eval mode."""
         checkpoint_path = resolve_checkpoint(path, last)
         checkpoint = load_checkpoint(checkpoint_path)
+        refuse_fine_tuned(checkpoint_path, checkpoint.get("cfg", {}).get("task", {}).get("name", "masked_lm"))
         tokenizer_path = find_tokenizer(checkpoint_path, checkpoint)
         model_cfg = MODELS.config(checkpoint["cfg"]["model"])
         extra = {
@@ -169,6 +223,7 @@ class LinformerForMaskedLM(LinformerRoberta):
         """Load an exported folder on `device` in `dtype` (default: the saved one); max_positions resizes it."""
         folder = Path(folder).expanduser()
         config = check_format(folder)
+        refuse_fine_tuned(folder, config.get("task", {}).get("name", "masked_lm"))
         tokenizer_path = folder / TOKENIZER_FILE
         if not tokenizer_path.is_file():
             raise UserError(f"{folder} has no {TOKENIZER_FILE}; an export needs the tokenizer its ids come from")
@@ -217,42 +272,14 @@ class LinformerForMaskedLM(LinformerRoberta):
 
     def special_ids(self) -> Dict[str, int]:
         """Ids of <s>, <pad>, </s>, <unk> and <mask> in this model's tokenizer."""
-        names = {"bos": BOS, "pad": PAD, "eos": EOS, "unk": UNK, "mask": MASK}
-        return {key: self.tokenizer.token_to_id(token) for key, token in names.items()}
+        return special_ids_in(self.tokenizer)
 
     def save_pretrained(self, folder: PathLike, dtype: Optional[Union[str, torch.dtype]] = None) -> List[Path]:
         """Write model.safetensors, config.json, tokenizer.json (+ transformers' files); returns the paths."""
-        from safetensors.torch import save_file
-
-        from linformer_pt.hf import write_hf_files
-
         if self.tokenizer_path is None:
             raise UserError("this model has no tokenizer; load it with from_checkpoint or from_pretrained")
-        folder = Path(folder).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        target = to_dtype(dtype) if dtype is not None else self.embed_tokens.weight.dtype
-        state = {name: t.detach().to("cpu", target) for name, t in self.state_dict().items()}
-        tensors, tied = unique_tensors(state)
-        weights = folder / WEIGHTS_FILE
-        save_file(tensors, str(weights), metadata={"format": "pt", "linformer_pt_format": str(FORMAT_VERSION)})
-        tokenizer = folder / TOKENIZER_FILE
-        if self.tokenizer_path.resolve() != tokenizer.resolve():
-            shutil.copyfile(self.tokenizer_path, tokenizer)
-        config = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "linformer": dict(self.cfg.__dict__),
-            "vocab_size": self.embed_tokens.num_embeddings,
-            "max_positions": self.cfg.max_positions,
-            "special_ids": self.special_ids(),
-            "dtype": DTYPE_NAMES[target],
-            "parameters": self.num_parameters(),
-            "tied": tied,
-            "extra": self.extra,
-        }
-        path = folder / CONFIG_FILE
-        path.write_text(json.dumps({**config, **hf_config_fields(config)}, indent=2) + "\n", encoding="utf-8")
-        return [weights, path, tokenizer] + write_hf_files(folder, config)
+        config = {"special_ids": self.special_ids(), "parameters": self.num_parameters(), "extra": self.extra}
+        return write_export(folder, self, self.tokenizer_path, config, dtype, "LinformerHFForMaskedLM")
 
     def num_parameters(self) -> int:
         """Parameters counted once each (the LM head reuses the token embeddings)."""
@@ -319,13 +346,13 @@ def to_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def hf_config_fields(config: Dict[str, Any]) -> Dict[str, Any]:
+def hf_config_fields(config: Dict[str, Any], architecture: str) -> Dict[str, Any]:
     """The config.json keys transformers reads: its custom-model classes (auto_map) and the special ids."""
     module = HF_MODULE[:-3]
     ids = config["special_ids"]
     return {
         "model_type": "linformer_pt",
-        "architectures": ["LinformerHFForMaskedLM"],
+        "architectures": [architecture],
         "auto_map": {
             "AutoConfig": f"{module}.LinformerHFConfig",
             "AutoModel": f"{module}.LinformerHFModel",

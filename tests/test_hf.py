@@ -71,7 +71,7 @@ def test_sequence_classification_head_on_the_first_token(exported, ours):
     with torch.no_grad():  # the encoder under the head is the exported one
         assert torch.equal(model.features(inputs["input_ids"], inputs["attention_mask"]), ours.encode(TEXTS)[0])
     out.loss.backward()
-    assert model.classifier_out.weight.grad is not None and model.embed_tokens.weight.grad is not None
+    assert model.classification_head.out_proj.weight.grad is not None and model.embed_tokens.weight.grad is not None
 
 
 # Run in a fresh interpreter where `import linformer_pt` fails, as on a machine without linformer-pt.

@@ -1,7 +1,8 @@
 """`linformer-export RUN_OR_CKPT OUT/`: a trained model as model.safetensors + config.json + tokenizer.json.
 
 A run folder means its checkpoints/checkpoint_best.pt (--last: checkpoint_last.pt); an export folder can be
-exported again (e.g. in another --dtype). Load the result with LinformerForMaskedLM.from_pretrained(OUT).
+exported again (e.g. in another --dtype). Load the result with LinformerForMaskedLM.from_pretrained(OUT); a
+fine-tuned (task=sentence_prediction) run exports its classifier and label map, for linformer-predict OUT FILE.
 """
 import argparse
 import sys
@@ -20,9 +21,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights' dtype (default fp32)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with one_line_errors(PROG):
-        from linformer_pt.hub import load_any
+        from linformer_pt.fine_tuned import load_exportable
 
-        model = load_any(args.model, args.last)
+        model = load_exportable(args.model, args.last)
         files = model.save_pretrained(args.out, dtype=args.dtype)
     for path in files:
         print(path)

@@ -1,4 +1,4 @@
-"""`linformer-predict RUN FILE`: a fine-tuned sentence_prediction model's predictions for a labelled or unlabelled file.
+"""`linformer-predict RUN_OR_EXPORT FILE`: predictions of a fine-tuned sentence_prediction model for a file.
 
 Writes one JSON line per example (the label and the probability of each label, or the predicted value for
 regression) in the file's order, and prints the metrics when the file has the label column.
@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -17,28 +17,6 @@ from linformer_pt.cli.common import one_line_errors
 from linformer_pt.errors import UserError
 
 PROG = "linformer-predict"
-
-
-def load_classifier(source: str, last: bool) -> Tuple[Any, Any, Dict[str, Any], Path]:
-    """(model in eval mode, task config, task state with the label map, tokenizer path) of a fine-tuning run."""
-    from linformer_pt.hub import find_tokenizer, resolve_checkpoint
-    from linformer_pt.models.classifier import LinformerRobertaClassifier
-    from linformer_pt.registry import MODELS, TASKS
-    from linformer_pt.training.checkpoint import load_checkpoint
-
-    path = resolve_checkpoint(source, last)
-    checkpoint = load_checkpoint(path)
-    task_cfg = checkpoint["cfg"].get("task", {})
-    if task_cfg.get("name") != "sentence_prediction":
-        raise UserError(f"{path} is a {task_cfg.get('name', 'unknown')} run; linformer-predict needs a "
-                        "task=sentence_prediction (fine-tuning) run")  # fmt: skip
-    task_cfg = TASKS.config(task_cfg)
-    state = checkpoint["task_state"]
-    args = checkpoint["model_args"]
-    model = LinformerRobertaClassifier(MODELS.config(checkpoint["cfg"]["model"]), args["vocab_size"], args["pad_id"],
-                                       state["num_outputs"], task_cfg.pooler_dropout)  # fmt: skip
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), task_cfg, state, find_tokenizer(path, checkpoint)
 
 
 @torch.no_grad()
@@ -70,7 +48,7 @@ def records(outputs: np.ndarray, state: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a fine-tuning run folder (its checkpoint_best.pt) or a checkpoint .pt file")
+    parser.add_argument("model", help="a fine-tuning run folder (its checkpoint_best.pt), a checkpoint .pt file or an export folder")
     parser.add_argument("file", help="examples: .tsv/.csv/.jsonl/.parquet with the run's text (and label) columns")
     parser.add_argument("--out", default="predictions.jsonl", help="the JSONL to write (default predictions.jsonl)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
@@ -84,15 +62,17 @@ def main(argv: Optional[List[str]] = None) -> None:
         from linformer_pt.config import check_device
         from linformer_pt.data.labelled import encode_labels, read_labelled
         from linformer_pt.data.tokenizer import load_tokenizer
+        from linformer_pt.fine_tuned import load_classifier
         from linformer_pt.tasks.metrics import classification_metrics, regression_metrics
         from linformer_pt.tasks.sentence_prediction import encode_examples, special_ids_of
         from linformer_pt.training.trainer import resolve_device
 
         check_device("--device", args.device)
-        model, task_cfg, state, tokenizer_path = load_classifier(args.model, args.last)
+        fine_tuned = load_classifier(args.model, args.last)
+        model, task_cfg, state = fine_tuned.model, fine_tuned.task_cfg, fine_tuned.state
         examples = read_labelled([args.file], task_cfg.text_column, task_cfg.pair_column, task_cfg.label_column,
                                  key=args.file, require_labels=False)  # fmt: skip
-        tokenizer = load_tokenizer(tokenizer_path)
+        tokenizer = load_tokenizer(fine_tuned.tokenizer_path)
         special_ids = special_ids_of(tokenizer)
         ids, truncated = encode_examples(tokenizer, examples, task_cfg, special_ids)
         labels = None if examples.labels is None else encode_labels(examples.labels, state["labels"], args.file)

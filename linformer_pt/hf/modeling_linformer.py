@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
+from linformer_pt.models.classifier import ClassificationHead
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
 
 ENCODER_PARTS = ("embed_tokens", "embed_positions", "embed_layer_norm", "encoder")
@@ -96,13 +97,11 @@ class LinformerHFForMaskedLM(LinformerHFPreTrainedModel):
 
 
 class LinformerHFForSequenceClassification(LinformerHFPreTrainedModel):
-    """RoBERTa's classification head on the <s> position: dense -> tanh -> dropout -> out_proj."""
+    """RoBERTa's classification head on the <s> position, linformer-pt's own (models/classifier.py): an export of a
+    fine-tuned run loads its trained head and label names; a masked-LM export gets a fresh head of num_labels."""
 
     def build_head(self, config: LinformerHFConfig) -> None:
-        d = self.cfg.embed_dim
-        self.classifier_dense = nn.Linear(d, d)
-        self.classifier_dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier_out = nn.Linear(d, config.num_labels)
+        self.classification_head = ClassificationHead(self.cfg.embed_dim, config.num_labels, config.classifier_dropout)
 
     def forward(
         self,
@@ -111,8 +110,7 @@ class LinformerHFForSequenceClassification(LinformerHFPreTrainedModel):
         labels: Optional[torch.Tensor] = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
-        x = self.classifier_dropout(self.features(input_ids, attention_mask)[:, 0])
-        logits = self.classifier_out(self.classifier_dropout(torch.tanh(self.classifier_dense(x))))
+        logits = self.classification_head(self.features(input_ids, attention_mask))
         loss = None
         if labels is not None:
             if self.config.num_labels == 1:

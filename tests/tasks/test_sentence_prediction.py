@@ -10,9 +10,12 @@ import torch
 from conftest import build_trainer, compose_config
 from hub_fixtures import train_tiny_run
 
+from linformer_pt.cli import export as export_cli
 from linformer_pt.cli import predict as predict_cli
 from linformer_pt.cli.train import run
 from linformer_pt.errors import UserError
+from linformer_pt.fine_tuned import load_classifier
+from linformer_pt.hub import LinformerForMaskedLM
 from linformer_pt.training.checkpoint import load_checkpoint
 
 GOOD = "great fine lovely superb wonderful".split()
@@ -88,9 +91,15 @@ def test_the_encoder_is_loaded_bit_for_bit_and_the_lm_head_dropped(pretrained, r
     assert trainer.cfg.model.k == 8 and trainer.cfg.model.layers == 2
 
 
-def test_predict_writes_the_models_own_outputs_and_the_metrics(pretrained, reviews, tmp_path, capsys):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def fine_tuned_run(pretrained, reviews, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("fine_tuned") / "run"
     run(compose_config(finetune_overrides(pretrained, reviews, ["optimization.max_update=20"])), run_dir)
+    return run_dir
+
+
+def test_predict_writes_the_models_own_outputs_and_the_metrics(fine_tuned_run, pretrained, reviews, tmp_path, capsys):
+    run_dir = fine_tuned_run
     out = tmp_path / "predictions.jsonl"
     predict_cli.main([str(run_dir), str(reviews["valid"]), "--out", str(out), "--no-progress", "--batch-size", "7"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -98,7 +107,8 @@ def test_predict_writes_the_models_own_outputs_and_the_metrics(pretrained, revie
     assert len(rows) == summary["examples"] == 80
 
     # In-process: the trainer's own model and validation batches, in file order.
-    model, task_cfg, state, _ = predict_cli.load_classifier(str(run_dir), last=False)
+    fine_tuned = load_classifier(run_dir)
+    model, state = fine_tuned.model, fine_tuned.state
     trainer = build_trainer(finetune_overrides(pretrained, reviews), tmp_path / "scratch")
     trainer.model.load_state_dict(model.state_dict())
     trainer.model.eval()
@@ -112,6 +122,48 @@ def test_predict_writes_the_models_own_outputs_and_the_metrics(pretrained, revie
         assert row["label"] == state["labels"][int(p.argmax())]
         assert np.allclose([row["probabilities"]["neg"], row["probabilities"]["pos"]], p, atol=1e-5)
     assert summary["accuracy"] == pytest.approx(float((probs.argmax(-1) == gold).mean()))
+
+
+def test_an_export_predicts_exactly_as_its_run(fine_tuned_run, reviews, tmp_path, capsys):
+    export = tmp_path / "export"
+    export_cli.main([str(fine_tuned_run), str(export)])
+    config = json.loads((export / "config.json").read_text())
+    assert config["task"]["name"] == "sentence_prediction" and config["task_state"]["labels"] == ["neg", "pos"]
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    for source, name in ((fine_tuned_run, "run.jsonl"), (export, "export.jsonl")):
+        predict_cli.main([str(source), str(reviews["valid"]), "--out", str(tmp_path / name), "--no-progress"])
+    assert (tmp_path / "run.jsonl").read_bytes() == (tmp_path / "export.jsonl").read_bytes()
+    # A bf16 export holds the run's weights rounded to bf16, and predicts in fp32 from them.
+    export_cli.main([str(fine_tuned_run), str(tmp_path / "bf16"), "--dtype", "bf16"])
+    full, half = load_classifier(fine_tuned_run).model.state_dict(), load_classifier(tmp_path / "bf16").model.state_dict()
+    assert all(torch.equal(half[name], full[name].bfloat16().float()) for name in full)
+
+
+def test_fine_tuned_and_masked_lm_models_are_not_mixed_up(pretrained, fine_tuned_run, tmp_path):
+    export_cli.main([str(fine_tuned_run), str(tmp_path / "classifier")])
+    export_cli.main([str(pretrained), str(tmp_path / "lm")])
+    not_an_lm = "fine-tuned task=sentence_prediction model, not a masked LM"  # no masked LM from a classifier...
+    with pytest.raises(UserError, match=not_an_lm):
+        LinformerForMaskedLM.from_pretrained(tmp_path / "classifier")
+    with pytest.raises(UserError, match=not_an_lm):
+        LinformerForMaskedLM.from_checkpoint(fine_tuned_run)
+    with pytest.raises(UserError, match="masked-LM export, not a fine-tuned"):  # ...and no classifier from an LM
+        load_classifier(tmp_path / "lm")
+    with pytest.raises(UserError, match="task=masked_lm run, not a fine-tuned"):
+        load_classifier(pretrained)
+
+
+def test_transformers_loads_the_trained_head_with_its_label_names(fine_tuned_run, reviews, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="needs pip install 'linformer-pt[hf]'")
+    export_cli.main([str(fine_tuned_run), str(tmp_path / "export")])
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    assert theirs.eval().config.id2label == {0: "neg", 1: "pos"}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    texts = [line.split("\t")[0] for line in reviews["valid"].read_text().splitlines()[1:9]]
+    inputs = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ours = load_classifier(fine_tuned_run).model(inputs["input_ids"], inputs["attention_mask"] == 0)
+        assert torch.equal(theirs(**inputs).logits, ours)
 
 
 def test_a_label_the_run_never_saw_is_one_line_at_prediction_time(pretrained, reviews, tmp_path, capsys):
