@@ -86,11 +86,18 @@ def read_manifest(folder: Union[str, Path]) -> Dict[str, Any]:
 
 
 def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
-    """Write JSON through a temporary file, fsync and rename, so readers never see half a file."""
+    """Write JSON through a temporary file, fsync and rename, so readers never see half a file.
+
+    On failure (a full disk: OSError) the temporary file is removed and the previous file at `path` is untouched.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there when something above failed

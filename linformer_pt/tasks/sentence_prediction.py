@@ -221,8 +221,10 @@ class SentencePredictionTask:
     # ---- loss and metrics ---------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Any]]:
         """Summed cross-entropy (or squared error) over the batch; `masked` counts examples, for normalising."""
-        logits = model(batch["tokens"], batch["padding_mask"]).float()
         targets = batch["targets"]
+        # [: len(targets)]: the trainer's filler batch (FSDP, a rank whose validation share ran out) has one row and
+        # no label; it must run the forward (FSDP gathers weights in it) and count nothing.
+        logits = model(batch["tokens"], batch["padding_mask"]).float()[: len(targets)]
         if self.task_cfg.regression:
             loss = F.mse_loss(logits.squeeze(-1), targets.float(), reduction="sum")
         else:

@@ -7,8 +7,12 @@ requeues the job; the requeued job resumes from the checkpoint.
 """
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any, Dict, Optional
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint written; rerun (or requeue) to resume
@@ -58,3 +62,24 @@ class StopSignals:
         previous = self._previous.get(self.received) if self.received is not None else None
         if self.received == signal.SIGUSR2 and callable(previous):
             previous(self.received, None)
+
+
+def multirun_sweep_dir() -> Optional[Path]:
+    """The sweep folder when Hydra started this run with --multirun, else None (a single run, or no Hydra at all)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).absolute()  # resolved once per sweep, the same for all its jobs
+
+
+def interrupted_message(reason: str, update: int, output_dir: Path, sweep_dir: Optional[Path]) -> str:
+    """The line a stopped run ends with: what happened, and the command that resumes it.
+
+    A single run is resumed by naming its folder. A --multirun job is resumed by rerunning the whole sweep: finished
+    runs are skipped, this one resumes from its folder, and the jobs the stop kept from starting run too. Folders
+    are named because the default ones are named by the clock: the same command alone would start afresh.
+    """
+    stopped = f"{reason}: interrupted at update {update}; checkpoint written; rerun to resume"
+    if sweep_dir is None:
+        return f"{stopped} (the same command with hydra.run.dir={output_dir})"
+    return (f"{stopped} (the same --multirun command with hydra.sweep.dir={sweep_dir}: finished runs are skipped, "
+            f"this one resumes from {output_dir})")  # fmt: skip

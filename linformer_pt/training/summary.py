@@ -5,12 +5,13 @@ nothing; an interrupted or killed run has no finished summary and resumes from i
 """
 import datetime
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from linformer_pt.config import TrainConfig
+from linformer_pt.data.cache import write_json_atomic
+from linformer_pt.errors import UserError
 from linformer_pt.training.run_stats import memory_kind
 
 SUMMARY_FILE = "summary.json"
@@ -59,12 +60,17 @@ def failure_summary(config: Optional[TrainConfig], error: str, run_name: str, ov
 
 
 def write_summary(output_dir: Path, summary: Dict[str, Any]) -> Path:
-    """Write summary.json atomically (a reader never sees half a file)."""
+    """Write summary.json atomically (a reader never sees half a file); a full disk is one UserError line.
+
+    On failure no temporary file is left and an earlier summary.json stays as it was, so a sweep report still
+    reads that run's previous state.
+    """
     path = Path(output_dir) / SUMMARY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SUMMARY_FILE}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, summary)
+    except OSError as err:
+        raise UserError(f"could not write {path}: {err.strerror or err}") from None
     return path
 
 

@@ -31,7 +31,7 @@ from linformer_pt.training.optim import build_lr_scheduler, build_optimizer
 from linformer_pt.training.precision import Precision
 from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock
 from linformer_pt.training.run_stats import RunStats
-from linformer_pt.training.signals import StopSignals
+from linformer_pt.training.signals import StopSignals, interrupted_message, multirun_sweep_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -336,10 +336,9 @@ class Trainer:
                 if signalled:
                     self.writer.wait()
                     signals.hand_over()  # under submitit: its handler requeues the job now
-                    raise RunInterrupted(
-                        f"{signals.describe()}: interrupted at update {self.update}; checkpoint written; rerun to "
-                        f"resume (the same command with hydra.run.dir={self.output_dir})", signals.exit_code,
-                    )  # fmt: skip
+                    sweep_dir = multirun_sweep_dir()  # a --multirun job is resumed by rerunning its sweep
+                    message = interrupted_message(signals.describe(), self.update, self.output_dir, sweep_dir)
+                    raise RunInterrupted(message, signals.exit_code)
         finally:
             bar.close()
         final_valid = self._validate_and_log(logger)

@@ -1,15 +1,20 @@
 """summary.json and the unigram baseline: what each run leaves for a sweep report, checked against hand counts."""
+import errno
 import json
 import math
+import os
 from collections import Counter
 
 import numpy as np
+import pytest
 from conftest import compose_config
 
 from linformer_pt.cli.train import run
 from linformer_pt.config import load_config
 from linformer_pt.data.unigram import unigram_baseline
+from linformer_pt.errors import UserError
 from linformer_pt.tasks.masked_lm import MaskedLMTask
+from linformer_pt.training.summary import write_summary
 
 
 def test_the_unigram_baseline_equals_a_hand_computation():
@@ -83,3 +88,22 @@ def test_a_run_that_fails_says_why_in_its_summary(tiny_overrides, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["error"] == message and "missing.txt" in message
+
+
+# fsync: the disk fills while the temporary file is written (half a file on disk); replace: at the rename itself.
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_a_full_disk_is_one_line_and_keeps_the_previous_summary(tmp_path, monkeypatch, failing):
+    previous = write_summary(tmp_path, {"status": "interrupted", "updates": 7})
+    before = previous.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, failing, disk_full)
+    with pytest.raises(UserError) as err:
+        write_summary(tmp_path, {"status": "finished", "updates": 20, "final_valid": {"loss": 1.0}})
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert f"could not write {previous}" in message and "No space left on device" in message
+    assert previous.read_bytes() == before  # a sweep report still sees the run as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
