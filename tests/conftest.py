@@ -66,3 +66,14 @@ def build_trainer(overrides: List[str], output_dir: Path):
     task = TASKS.get(cfg.task.name).cls.setup(cfg)
     cfg, model = build_model(cfg, task)
     return Trainer(cfg, task, model, output_dir)
+
+
+def leave_without_teardown() -> None:
+    """End a spawned gloo worker whose checks all passed without the interpreter's teardown.
+
+    With this torch build, a gloo process sometimes aborts in C++ teardown at interpreter exit ("terminate called
+    without an active exception", SIGABRT or SIGSEGV with no Python frame; about 1 exit in 5 on the 2-core CI
+    machine), after destroy_process_group and all the test's checks. os._exit skips that teardown; anything the
+    worker reports went through its queue (a pipe, written synchronously) before this point.
+    """
+    os._exit(0)

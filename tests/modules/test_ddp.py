@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from conftest import leave_without_teardown
+
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
 
 KINDS = list(itertools.product(["none", "headwise", "kv", "layerwise"], ["linear", "conv"]))
@@ -38,6 +40,7 @@ def train_two_steps(rank: int, init_file: str, errors) -> None:
     except Exception:  # report to the parent: a child's traceback is otherwise lost
         errors.put(f"rank {rank}: {traceback.format_exc()}")
         raise
+    leave_without_teardown()
 
 
 def test_ddp_step_for_every_sharing_scheme(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import compose_config
+from conftest import compose_config, leave_without_teardown
 from hub_fixtures import train_tiny_run
 from test_sentence_prediction import finetune_overrides, write_reviews
 
@@ -64,6 +64,7 @@ def validate_on_rank(rank: int, init_file: str, overrides: List[str], folder: st
     except Exception:  # report to the parent: a child's traceback is otherwise lost
         errors.put(f"rank {rank}: {traceback.format_exc()}")
         raise
+    leave_without_teardown()
 
 
 @pytest.fixture(scope="module")
