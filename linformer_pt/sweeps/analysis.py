@@ -57,12 +57,12 @@ def unigram_ppl(run: Run) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def setting_key(run: Run) -> str:
-    """The run's config without NOT_SETTING keys, as text; a run without a known config is a setting of its own."""
+def setting_key(run: Run, ignored: Sequence[str] = NOT_SETTING) -> str:
+    """The run's config without the `ignored` keys, as text; a run without a known config is a setting of its own."""
     if not run.config:
         return f"path:{run.path}"
     config = copy.deepcopy(run.config)
-    for dotted in NOT_SETTING:
+    for dotted in ignored:
         *parents, last = dotted.split(".")
         node: Any = config
         for part in parents:

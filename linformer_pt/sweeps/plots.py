@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from linformer_pt.errors import UserError
 from linformer_pt.sweeps.analysis import baselines, by_number, linformer_series, settings
+from linformer_pt.sweeps.gap import describe, gap_curves
 from linformer_pt.sweeps.runs import Run, format_k
 
 DPI = 100
@@ -121,6 +122,27 @@ def k_plot(runs: Sequence[Run], path: Path) -> Optional[Path]:
     return save(fig, path)
 
 
+def gap_plot(runs: Sequence[Run], path: Path) -> Optional[Path]:
+    """The Linformer-vs-standard ppl gap (%) against tokens seen, one curve per Linformer run; None without two
+    shared validations that count tokens."""
+    curves = [c for c in gap_curves(runs) if len(c.points) > 1 and all(p.tokens is not None for p in c.points)]
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=SMALL)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, curve in enumerate(curves):
+        ax.plot([p.tokens for p in curve.points], [p.percent for p in curve.points], marker="o", markersize=3,
+                color=colors[index % len(colors)], label=describe(curve.run),
+                linestyle="-" if curve.run.status == "finished" else "--")  # fmt: skip
+    ax.axhline(0.0, color="grey", linewidth=1, label="standard attention")
+    ax.set(xlabel="tokens seen", ylabel="ppl gap (% of standard attention's)",
+           title="Linformer vs standard attention at equal tokens")  # fmt: skip
+    ax.grid(alpha=0.3)
+    legend(ax)
+    return save(fig, path)
+
+
 def run_kind(run: Run) -> str:
     """The series of the speed and memory plot: standard attention, or Linformer with its k and sharing."""
     if run.attention != "linformer":
@@ -166,6 +188,7 @@ def write_plots(runs: Sequence[Run], out: Path) -> Dict[str, Path]:
         "Validation ppl vs tokens seen": ppl_curves(runs, "tokens", out / "ppl_vs_tokens.png"),
         "Validation ppl vs training time": ppl_curves(runs, "wall", out / "ppl_vs_time.png"),
         "Final ppl vs k": k_plot(runs, out / "ppl_vs_k.png"),
+        "Linformer vs standard attention at equal tokens": gap_plot(runs, out / "gap_vs_tokens.png"),
         "Speed and memory vs n": speed_memory_plot(runs, out / "speed_memory_vs_n.png"),
     }
     return {title: path for title, path in made.items() if path is not None}

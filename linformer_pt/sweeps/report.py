@@ -10,6 +10,7 @@ from linformer_pt.errors import UserError
 from linformer_pt.sweeps.analysis import (
     Spread, baselines, final_ppl, noise_percent, reading, seed_spreads, unigram_ppl,
 )  # fmt: skip
+from linformer_pt.sweeps.gap import describe, gap_curves, gap_facts, spaced
 from linformer_pt.sweeps.plots import pyplot, write_plots
 from linformer_pt.sweeps.runs import Run, collect_runs, format_k
 
@@ -123,6 +124,22 @@ def noise_section(spreads: Sequence[Spread], noise: Optional[float]) -> List[str
     return lines + ["", f"Final-ppl differences smaller than {noise:.1f}% between runs are noise.", ""]
 
 
+def gap_section(runs: Sequence[Run]) -> List[str]:
+    """Per Linformer run with a standard-attention reference: both ppls at equal tokens, and the gap in %."""
+    curves = gap_curves(runs)
+    if not curves:
+        return []
+    lines = ["## Linformer vs standard attention over training (equal tokens)", "",
+             "The ppl gap at shared validations (evenly spaced ones when there are many); positive: the Linformer "
+             "is behind.", ""]  # fmt: skip
+    for curve in curves:
+        lines += [f"**{describe(curve.run)}** against {', '.join(describe(r) for r in curve.reference)}:", ""]
+        rows = [[p.update, tokens(p.tokens), number(p.standard), number(p.linformer), f"{p.percent:+.1f}%"]
+                for p in spaced(curve.points)]  # fmt: skip
+        lines += table(("update", "tokens seen", "standard ppl", "Linformer ppl", "gap"), rows) + [""]
+    return lines
+
+
 def plots_section(plots: Dict[str, Path], runs: Sequence[Run]) -> List[str]:
     """A link to each plot, then what the plots leave out."""
     lines = ["## Plots", ""]
@@ -154,10 +171,10 @@ def render(runs: Sequence[Run], dirs: Sequence[Path], command: str, plots: Dict[
     """The text of report.md."""
     spreads = seed_spreads(runs)
     noise = noise_percent(spreads)
-    facts = reading(runs, noise)
+    facts = reading(runs, noise) + gap_facts(runs, noise)
     head = ["# Sweep report", "", f"- Command: `{command}`", f"- Folders: {', '.join(f'`{d}`' for d in dirs)}",
             f"- Date: {date}", f"- Runs: {len(runs)}", ""]  # fmt: skip
-    body = finished_section(runs) + unfinished_section(runs) + noise_section(spreads, noise)
+    body = finished_section(runs) + unfinished_section(runs) + noise_section(spreads, noise) + gap_section(runs)
     body += plots_section(plots, runs) + ["## Reading", ""]
     body += [f"- {fact}" for fact in facts] if facts else ["Nothing to compare yet."]
     return "\n".join(head + body) + "\n"

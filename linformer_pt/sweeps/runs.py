@@ -129,14 +129,30 @@ def is_run_dir(path: Path) -> bool:
 
 
 def find_run_dirs(root: Path) -> List[Path]:
-    """Run folders at or below `root`, sorted; a run's own subfolders (checkpoints, .hydra) are not searched."""
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        if is_run_dir(Path(dirpath)):
-            found.append(Path(dirpath))
-            dirnames.clear()
-        else:  # hidden folders (.submitit logs, .git) hold no runs
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    """Run folders at or below `root`, sorted; a run's own subfolders (checkpoints, .hydra) are not searched.
+
+    Links are followed (a sweep may link a run it shares with another sweep), each real folder once, by its
+    shallowest path: a link to a folder above it cannot make the search loop. The search is breadth-first, so
+    which path names a folder reached twice does not depend on the order the file system lists folders in.
+    """
+    found: List[Path] = []
+    seen = set()
+    level = [root]
+    while level:
+        deeper = []
+        for folder in level:
+            real = os.path.realpath(folder)
+            if real in seen:
+                continue
+            seen.add(real)
+            if is_run_dir(folder):
+                found.append(folder)
+                continue
+            try:  # hidden folders (.submitit logs, .git) hold no runs
+                deeper += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError as err:  # an unreadable folder may hold runs: never drop them silently
+                raise UserError(f"cannot search {folder} for runs: {err.strerror}") from None
+        level = deeper
     return sorted(found)
 
 

@@ -137,3 +137,35 @@ def test_cli_bad_folder_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, 
     assert err.count("\n") == 1 and err.startswith("linformer-sweep-report: error: ") and str(bad) in err
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ([] if case == "missing" else ["sub", "sweep"])
+
+
+def test_linked_runs_are_found_once_and_a_link_to_an_ancestor_does_not_loop(tmp_path):
+    write_grid(tmp_path / "sweep_k")
+    shared = tmp_path / "sweep_sharing"
+    write_run(shared, "model.sharing=none", ["model.sharing=none"], sharing="none")
+    (shared / "model.sharing=headwise").symlink_to(tmp_path / "sweep_k" / "model.sharing=headwise,model.k=64")
+    (shared / "loop").symlink_to(tmp_path)  # holds sweep_k and sweep_sharing itself
+    runs = collect_runs([shared])
+    assert sorted(r.name for r in runs) == ["loop/sweep_k/model.sharing=headwise,model.k=32",
+                                            "loop/sweep_k/model.sharing=kv,model.k=32",
+                                            "loop/sweep_k/model.sharing=kv,model.k=64",
+                                            "model.sharing=headwise", "model.sharing=none"]  # fmt: skip
+    assert {r.sharing for r in runs if r.name.startswith("model.")} == {"none", "headwise"}
+
+
+def test_an_unreadable_folder_is_a_one_line_error_not_a_silent_gap(tmp_path, monkeypatch, capsys):
+    write_grid(tmp_path / "sweep")
+    real_iterdir = type(tmp_path).iterdir
+
+    def iterdir(self):
+        if self == tmp_path / "sweep":
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(type(tmp_path), "iterdir", iterdir)  # root reads every folder: deny one by hand
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert f"cannot search {tmp_path / 'sweep'} for runs: Permission denied" in err
+    assert not (tmp_path / "out").exists()
