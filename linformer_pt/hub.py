@@ -17,6 +17,7 @@ from linformer_pt.errors import UserError
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
 from linformer_pt.models.resize import resize_for
 from linformer_pt.registry import MODELS
+from linformer_pt.staged_folder import staged_folder
 from linformer_pt.training.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, load_checkpoint
 
 FORMAT = "linformer-pt"
@@ -70,7 +71,8 @@ def check_format(folder: Path) -> Dict[str, Any]:
     """config.json of an export folder, refusing other formats and versions in one line."""
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise UserError(f"{folder} is not an exported model: no {CONFIG_FILE} (make one with linformer-export)")
+        raise UserError(f"{folder} is not an exported model, or its export was interrupted: no {CONFIG_FILE} "
+                        "(make one with linformer-export)")  # fmt: skip
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
@@ -151,21 +153,21 @@ def write_export(
 ) -> List[Path]:
     """The export layout of any LinformerRoberta (masked LM or fine-tuned): model.safetensors in `dtype` (default:
     the model's), config.json (`config` plus the architecture, format and transformers' keys), tokenizer.json and
-    the code transformers imports, whose `architecture` class loads it; returns the paths written."""
+    the code transformers imports, whose `architecture` class loads it; returns the paths written.
+
+    The files are written beside `folder` and moved in when all are complete (staged_folder): an export killed or
+    out of disk at any moment never leaves new weights under an old config.json.
+    """
     from safetensors.torch import save_file
 
     from linformer_pt.hf import write_hf_files
 
     folder = Path(folder).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file; give a folder to export into")
     target = to_dtype(dtype) if dtype is not None else model.embed_tokens.weight.dtype
     state = {name: t.detach().to("cpu", target) for name, t in model.state_dict().items()}
     tensors, tied = unique_tensors(state)
-    weights = folder / WEIGHTS_FILE
-    save_file(tensors, str(weights), metadata={"format": "pt", "linformer_pt_format": str(FORMAT_VERSION)})
-    tokenizer = folder / TOKENIZER_FILE
-    if Path(tokenizer_path).resolve() != tokenizer.resolve():
-        shutil.copyfile(tokenizer_path, tokenizer)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -176,9 +178,17 @@ def write_export(
         "tied": tied,
         **config,
     }
-    path = folder / CONFIG_FILE
-    path.write_text(json.dumps({**config, **hf_config_fields(config, architecture)}, indent=2) + "\n", encoding="utf-8")
-    return [weights, path, tokenizer] + write_hf_files(folder, config)
+    config_text = json.dumps({**config, **hf_config_fields(config, architecture)}, indent=2) + "\n"
+    try:
+        with staged_folder(folder, CONFIG_FILE) as stage:
+            metadata = {"format": "pt", "linformer_pt_format": str(FORMAT_VERSION)}
+            save_file(tensors, str(stage / WEIGHTS_FILE), metadata=metadata)
+            (stage / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+            shutil.copyfile(tokenizer_path, stage / TOKENIZER_FILE)  # the source may be folder's own: still there
+            names = [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE] + [p.name for p in write_hf_files(stage, config)]
+    except OSError as err:  # a full disk or a read-only folder: `folder` is as it was
+        raise UserError(f"could not export into {folder}: {err.strerror or err}") from None
+    return [folder / name for name in names]
 
 
 class LinformerForMaskedLM(LinformerRoberta):

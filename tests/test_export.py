@@ -186,3 +186,52 @@ def test_eval_of_an_export_needs_a_corpus(exported, capsys):
 def test_package_import_stays_light():
     code = "import sys, linformer_pt; assert 'torch' not in sys.modules; linformer_pt.LinformerForMaskedLM"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reexporting_an_export_into_itself_in_another_dtype_replaces_it_whole(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "again")
+    (folder / "README.md").write_text("my notes")
+    export_cli.main([str(folder), str(folder), "--dtype", "bf16"])
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert all(t.dtype == torch.bfloat16 for t in load_file(str(folder / "model.safetensors")).values())
+    assert (folder / "tokenizer.json").read_bytes() == (exported / "tokenizer.json").read_bytes()
+    assert (folder / "README.md").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]  # no staging folder left
+    LinformerForMaskedLM.from_pretrained(folder)
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_export_byte_for_byte(run, exported, tmp_path, monkeypatch,
+                                                                        capsys):  # fmt: skip
+    import safetensors.torch
+
+    folder = copy_export(exported, tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        export_cli.main([str(run), str(folder), "--dtype", "fp16"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert f"could not export into {folder}: No space left on device" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_an_interrupted_export_is_called_so_on_loading(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "torn")
+    (folder / "config.json").unlink()  # what an export killed between its renames leaves
+    with pytest.raises(UserError, match="its export was interrupted: no config.json"):
+        LinformerForMaskedLM.from_pretrained(folder)
+
+
+def test_exporting_onto_a_file_is_refused(run, tmp_path, capsys):
+    (tmp_path / "model.bin").write_bytes(b"keep me")
+    with pytest.raises(SystemExit) as stop:
+        export_cli.main([str(run), str(tmp_path / "model.bin")])
+    assert stop.value.code == 2 and "is a file; give a folder" in capsys.readouterr().err
+    assert (tmp_path / "model.bin").read_bytes() == b"keep me"

@@ -1,0 +1,58 @@
+"""Write a folder of files so that a crash, kill -9 or full disk never leaves a mix of old and new files.
+
+Exports (model.safetensors + config.json + tokenizer.json + code) are written into a staging folder beside the
+target and moved into place only when every file is complete and synced.
+"""
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (a rename survives a power loss only once its folder is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staged_folder(folder: Path, marker: str) -> Iterator[Path]:
+    """Yield an empty staging folder; when the block ends without error, its files take their places in `folder`.
+
+    A new `folder` is the staging folder renamed: all or nothing. An existing one keeps files the staging folder
+    does not hold; for the others, `marker` (the file loaders look for first, e.g. config.json) is removed first
+    and put back last. A kill at any moment leaves the old files, the new ones, or a folder without `marker`,
+    which loaders call incomplete; never new weights under an old config. On an error the staging folder is
+    removed and `folder` is untouched.
+    """
+    folder = Path(folder).expanduser()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)  # our own leftover from an earlier process with this pid
+    stage.mkdir()
+    try:
+        yield stage
+        for path in stage.iterdir():
+            fsync_path(path)
+        if not folder.exists():
+            os.rename(stage, folder)
+        else:
+            move_files(stage, folder, marker)
+        fsync_path(folder.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # only still there when something above failed
+
+
+def move_files(stage: Path, folder: Path, marker: str) -> None:
+    """Replace `folder`'s files by the staged ones, `marker` removed first and put back last."""
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    (folder / marker).unlink(missing_ok=True)
+    fsync_path(folder)
+    for path in sorted(stage.iterdir(), key=lambda p: p.name == marker):
+        os.replace(path, folder / path.name)
+    fsync_path(folder)
