@@ -75,10 +75,11 @@ def build(model_cfg: LinformerRobertaConfig, vocab_size: int, pad_id: int, task_
     return model.eval()
 
 
-def from_checkpoint(source: PathLike, last: bool = False) -> FineTuned:
-    """A fine-tuning run folder (its checkpoint_best.pt, or checkpoint_last.pt with last=True) or checkpoint file."""
+def from_checkpoint(source: PathLike, last: bool = False, loaded: Optional[Dict[str, Any]] = None) -> FineTuned:
+    """A fine-tuning run folder (its checkpoint_best.pt, or checkpoint_last.pt with last=True) or checkpoint file;
+    `loaded` is that checkpoint when the caller has read it already (a large one is read once)."""
     path = resolve_checkpoint(source, last)
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path) if loaded is None else loaded
     task = checkpoint["cfg"].get("task", {})
     if task.get("name") != TASK:
         raise UserError(f"{path} is a task={task.get('name', 'unknown')} run, not a fine-tuned task={TASK} one")
@@ -122,5 +123,7 @@ def load_exportable(source: PathLike, last: bool = False) -> Union[FineTuned, Li
         task = check_format(path).get("task", {}).get("name")
         return from_pretrained(path) if task == TASK else LinformerForMaskedLM.from_pretrained(path)
     checkpoint_path = resolve_checkpoint(path, last)
-    task = load_checkpoint(checkpoint_path)["cfg"].get("task", {}).get("name")
-    return from_checkpoint(checkpoint_path) if task == TASK else LinformerForMaskedLM.from_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint["cfg"].get("task", {}).get("name") == TASK:
+        return from_checkpoint(checkpoint_path, loaded=checkpoint)
+    return LinformerForMaskedLM.from_checkpoint(checkpoint_path, loaded=checkpoint)

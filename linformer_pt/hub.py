@@ -201,11 +201,16 @@ class LinformerForMaskedLM(LinformerRoberta):
 
     @classmethod
     def from_checkpoint(
-        cls, path: PathLike, last: bool = False, max_positions: Optional[int] = None
+        cls,
+        path: PathLike,
+        last: bool = False,
+        max_positions: Optional[int] = None,
+        loaded: Optional[Dict[str, Any]] = None,
     ) -> "LinformerForMaskedLM":
-        """The model of a training checkpoint (or a run folder's best one) with the run's tokenizer, in eval mode."""
+        """The model of a training checkpoint (or a run folder's best one) with the run's tokenizer, in eval mode;
+        `loaded` is that checkpoint when the caller has read it already (a large one is read once)."""
         checkpoint_path = resolve_checkpoint(path, last)
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = load_checkpoint(checkpoint_path) if loaded is None else loaded
         refuse_fine_tuned(checkpoint_path, checkpoint.get("cfg", {}).get("task", {}).get("name", "masked_lm"))
         tokenizer_path = find_tokenizer(checkpoint_path, checkpoint)
         model_cfg = MODELS.config(checkpoint["cfg"]["model"])

@@ -235,3 +235,20 @@ def test_exporting_onto_a_file_is_refused(run, tmp_path, capsys):
         export_cli.main([str(run), str(tmp_path / "model.bin")])
     assert stop.value.code == 2 and "is a file; give a folder" in capsys.readouterr().err
     assert (tmp_path / "model.bin").read_bytes() == b"keep me"
+
+
+def test_export_reads_the_checkpoint_once(run, tmp_path, monkeypatch):
+    import linformer_pt.fine_tuned as fine_tuned
+    import linformer_pt.hub as hub
+
+    reads = []
+    real = hub.load_checkpoint
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(hub, "load_checkpoint", counted)
+    monkeypatch.setattr(fine_tuned, "load_checkpoint", counted)
+    export_cli.main([str(run), str(tmp_path / "once")])
+    assert reads == [run / "checkpoints" / "checkpoint_best.pt"]
