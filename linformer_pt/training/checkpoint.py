@@ -15,6 +15,7 @@ import torch
 
 import linformer_pt
 from linformer_pt.errors import UserError
+from linformer_pt.staged_folder import fsync_path
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"  # lowest validation loss so far
@@ -64,21 +65,13 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself survives a power loss only once the folder is synced
+        fsync_path(path.parent)  # the rename itself survives a power loss only once the folder is synced
     except OSError as err:
         raise UserError(f"could not write checkpoint {path}: {err.strerror or err}; the previous one is intact") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
