@@ -66,16 +66,26 @@ def train_and_summarise(
     """train(), then summary.json on the main process: finished, interrupted (resumable) or failed (with the error)."""
     built: Dict[str, Any] = {}
     record = (lambda summary: write_summary(output_dir, summary)) if dist.is_main else (lambda summary: None)
+
+    def record_on_the_way_out(summary: Dict[str, Any]) -> None:
+        # A full disk must not replace the interrupt or the error under way: a scheduler requeues on the
+        # interrupt's exit status, and the user needs the first error.
+        try:
+            record(summary)
+        except UserError as err:
+            print(f"warning: {err}", file=sys.stderr, flush=True)
+
     try:
         result = train(config, output_dir, dist, built)
     except RunInterrupted:
-        record(run_summary(built["trainer"], "interrupted", name, overrides, unigram=None))
+        record_on_the_way_out(run_summary(built["trainer"], "interrupted", name, overrides, unigram=None))
         raise
     except (UserError, FloatingPointError) as err:
         if "trainer" in built:
-            record({**run_summary(built["trainer"], "failed", name, overrides, unigram=None), "error": str(err)})
+            failed = {**run_summary(built["trainer"], "failed", name, overrides, unigram=None), "error": str(err)}
         else:
-            record(failure_summary(config, str(err), name, overrides))
+            failed = failure_summary(config, str(err), name, overrides)
+        record_on_the_way_out(failed)
         raise
     if dist.is_main:
         unigram = built["task"].unigram_baseline() if hasattr(built["task"], "unigram_baseline") else None

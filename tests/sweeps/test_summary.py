@@ -107,3 +107,36 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_summary(tmp_path, monkey
     assert f"could not write {previous}" in message and "No space left on device" in message
     assert previous.read_bytes() == before  # a sweep report still sees the run as it was
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+def test_a_full_disk_at_the_summary_does_not_hide_the_error_under_way(tiny_overrides, tmp_path, monkeypatch, capsys):
+    import linformer_pt.cli.train as train_cli
+
+    def disk_full(output_dir, summary):
+        raise UserError(f"could not write {output_dir}/summary.json: No space left on device")
+
+    monkeypatch.setattr(train_cli, "write_summary", disk_full)
+    cfg = compose_config(tiny_overrides + ["dataset=text", f"dataset.train_files=[{tmp_path / 'missing.txt'}]"])
+    with pytest.raises(UserError, match="missing.txt"):  # the run's own error, not the disk's
+        run(cfg, tmp_path / "run")
+    assert "warning: could not write" in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_summary_keeps_the_interrupts_exit_status(tiny_overrides, tmp_path, monkeypatch, capsys):
+    import linformer_pt.cli.train as train_cli
+    from linformer_pt.errors import RunInterrupted
+
+    def interrupted(config, output_dir, dist, built):
+        built["trainer"] = object()
+        raise RunInterrupted("SIGTERM: interrupted at update 3; checkpoint written", 75)
+
+    def disk_full(output_dir, summary):
+        raise UserError("could not write summary.json: No space left on device")
+
+    monkeypatch.setattr(train_cli, "train", interrupted)
+    monkeypatch.setattr(train_cli, "run_summary", lambda *args, **kwargs: {"status": "interrupted"})
+    monkeypatch.setattr(train_cli, "write_summary", disk_full)
+    with pytest.raises(RunInterrupted) as stop:  # a scheduler requeues on 75; a disk error would exit 2
+        run(compose_config(tiny_overrides), tmp_path / "run")
+    assert stop.value.exit_code == 75
+    assert "warning: could not write summary.json" in capsys.readouterr().err
