@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from linformer_pt.sweeps.analysis import NOT_SETTING, setting_key
-from linformer_pt.sweeps.runs import Run
+from linformer_pt.sweeps.runs import Run, describe
 
 # Keys that make a run Linformer or standard attention, or shape only the projections.
 ATTENTION_KEYS = ("model.attention", "model.k", "model.compressed", "model.sharing", "model.projection",
@@ -98,12 +98,6 @@ def spaced(points: Sequence[GapPoint], count: int = MAX_ROWS) -> List[GapPoint]:
         return list(points)
     step = (len(points) - 1) / (count - 1)
     return [points[round(i * step)] for i in range(count)]
-
-
-def describe(run: Run) -> str:
-    """A run as the report names it, with its status when it is not finished."""
-    name = run.label or run.name
-    return name if run.status == "finished" else f"{name} ({run.status})"
 
 
 def gap_facts(runs: Sequence[Run], noise: Optional[float]) -> List[str]:

@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from linformer_pt.errors import UserError
 from linformer_pt.sweeps.analysis import baselines, by_number, linformer_series, settings
-from linformer_pt.sweeps.gap import describe, gap_curves
-from linformer_pt.sweeps.runs import Run, format_k
+from linformer_pt.sweeps.gap import gap_curves
+from linformer_pt.sweeps.runs import Run, describe, format_k
 
 DPI = 100
 SMALL = (6, 4)
@@ -59,8 +59,7 @@ def log2_axis(ax: Any, values: Sequence[int]) -> None:
 
 def curve_style(run: Run, color: str) -> Dict[str, Any]:
     """A marker on every point (a run with one validation so far still shows); unfinished runs dashed."""
-    suffix = "" if run.status == "finished" else f" ({run.status})"
-    return {"color": color, "marker": "o", "markersize": 3, "label": (run.label or run.name) + suffix,
+    return {"color": color, "marker": "o", "markersize": 3, "label": describe(run),
             "linestyle": "-" if run.status == "finished" else "--"}  # fmt: skip
 
 

@@ -10,9 +10,9 @@ from linformer_pt.errors import UserError
 from linformer_pt.sweeps.analysis import (
     Spread, baselines, final_ppl, noise_percent, reading, seed_spreads, unigram_ppl,
 )  # fmt: skip
-from linformer_pt.sweeps.gap import describe, gap_curves, gap_facts, spaced
+from linformer_pt.sweeps.gap import gap_curves, gap_facts, spaced
 from linformer_pt.sweeps.plots import pyplot, write_plots
-from linformer_pt.sweeps.runs import Run, collect_runs, format_k
+from linformer_pt.sweeps.runs import Run, collect_runs, describe, format_k
 
 REPORT = "report.md"
 FINISHED_COLUMNS = ("run", "attention", "n", "k", "sharing", "seed", "updates", "tokens seen", "final valid ppl",

@@ -96,6 +96,12 @@ class Run:
         return (self.summary or {}).get(key)
 
 
+def describe(run: Run) -> str:
+    """A run as the report names it, with its status when it is not finished."""
+    name = run.label or run.name
+    return name if run.status == "finished" else f"{name} ({run.status})"
+
+
 def format_k(ks: Optional[Tuple[int, ...]]) -> str:
     """(64,) -> '64'; a per-layer list compactly, repeats counted: (128, 128, 64, 64) -> '[128×2,64×2]'."""
     if not ks:
