@@ -3,29 +3,58 @@
 These feed the `tokens` column of metrics.jsonl and the run's summary.json (linformer_pt/training/summary.py).
 """
 import math
+import re
 import resource
 import sys
+from pathlib import Path
 from typing import Any, Dict
 
 import torch
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Restart the peak from the memory in use now, so that runs sharing a process (Hydra's basic launcher runs a
+    multirun's jobs one after another in one process) do not report each other's peaks.
+
+    False where the system cannot reset it: the CPU peak then counts from the process's start.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: writing 5 to clear_refs resets the resident set's high-water mark (proc(5))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def peak_memory_mb(device: torch.device) -> float:
     """This process's peak memory: CUDA's peak allocation on a GPU, else the peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:  # the high-water mark that reset_peak_memory resets
+        match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        match = None
+    if match:
+        return int(match.group(1)) / 2**10
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def memory_kind(device: torch.device) -> str:
-    return "cuda_max_allocated" if device.type == "cuda" else "process_max_rss"
+def memory_kind(device: torch.device, reset: bool = True) -> str:
+    """How peak_memory_mb was measured; `reset` says whether reset_peak_memory succeeded at the run's start."""
+    if device.type == "cuda":
+        return "cuda_max_allocated"
+    return "process_max_rss" if reset else "process_max_rss_since_process_start"
 
 
 class RunStats:
     """Counters of one run over all its sessions (saved in every checkpoint)."""
 
     def __init__(self) -> None:
+        self.memory_reset = True  # whether this session's peak memory starts at the run (see start_session)
         self.tokens_seen = 0  # padding-free training tokens, summed over processes
         self.valid_seconds = 0.0  # part of the training time spent validating (tokens/s leaves it out)
         self.peak_memory_mb = 0.0  # the largest peak of any session so far
@@ -41,6 +70,10 @@ class RunStats:
         if score < self.best_score:
             self.best_score = score
             self.best_valid = {**{key: value for key, value in result.items() if key != "masked"}, "update": update}
+
+    def start_session(self, device: torch.device) -> None:
+        """Called once per process run: this session's peak memory counts from here."""
+        self.memory_reset = reset_peak_memory(device)
 
     def note_memory(self, device: torch.device) -> float:
         self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb(device))

@@ -45,7 +45,7 @@ def run_summary(
         "unigram_baseline": unigram,
         "tokens_per_s": stats.tokens_seen / train_only,  # validation time left out
         "peak_memory_mb": stats.note_memory(trainer.device),
-        "peak_memory_kind": memory_kind(trainer.device),
+        "peak_memory_kind": memory_kind(trainer.device, stats.memory_reset),
         "wall_seconds": seconds,
         "valid_seconds": stats.valid_seconds,
         "world_size": trainer.dist.world_size,

@@ -114,6 +114,7 @@ class Trainer:
         self.start_time = time.perf_counter()
         self.window = Window()
         self.stats = RunStats()
+        self.stats.start_session(self.device)  # not the peak of an earlier run in this process (a multirun)
         self.metrics_lines = 0  # lines of metrics.jsonl that belong to the state (a resume cuts the rest)
         self.peak_tflops = t.peak_tflops or peak_tflops(self.device)
         ck = cfg.checkpoint

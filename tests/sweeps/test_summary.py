@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from conftest import compose_config
 
 from linformer_pt.cli.train import run
@@ -14,6 +15,7 @@ from linformer_pt.config import load_config
 from linformer_pt.data.unigram import unigram_baseline
 from linformer_pt.errors import UserError
 from linformer_pt.tasks.masked_lm import MaskedLMTask
+from linformer_pt.training.run_stats import peak_memory_mb
 from linformer_pt.training.summary import write_summary
 
 
@@ -42,6 +44,21 @@ def test_the_task_baseline_scores_exactly_the_targets_validation_scores(tiny_ove
     result = task.unigram_baseline()
     assert result["targets"] == len(targets) > 100
     assert math.isclose(result["loss"], hand, rel_tol=1e-9)
+
+
+def test_a_runs_peak_memory_is_its_own_not_an_earlier_runs_in_the_same_process(tiny_overrides, tmp_path):
+    # Hydra's basic launcher runs a multirun's jobs one after another in one process: a large earlier job must not
+    # lend its peak to the next one (a process's max RSS never goes down unless the run resets it).
+    ballast = b"\x01" * (2 * 2**30)  # 2 GiB, written, so resident
+    earlier_peak = peak_memory_mb(torch.device("cpu"))
+    del ballast
+    assert earlier_peak > 2048
+    run(compose_config(tiny_overrides + ["optimization.max_update=2"]), tmp_path, run_name="next", overrides=[])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    if summary["peak_memory_kind"] == "process_max_rss_since_process_start":
+        pytest.skip("this system cannot reset a process's peak memory")  # and the summary says so
+    assert summary["peak_memory_kind"] == "process_max_rss"
+    assert 0 < summary["peak_memory_mb"] < earlier_peak - 1024
 
 
 def test_a_finished_run_writes_its_summary_and_a_rerun_trains_nothing(tiny_overrides, tmp_path):
