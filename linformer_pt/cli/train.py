@@ -30,6 +30,8 @@ from linformer_pt.training.resume import find_checkpoint
 from linformer_pt.training.summary import failure_summary, finished_summary, run_summary, write_summary
 from linformer_pt.training.trainer import Trainer, resolve_device
 
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # what common.threads=0 means, also for a multirun's later jobs
+
 
 def run(cfg: DictConfig, output_dir: Path, run_name: str = "", overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Validate `cfg`, train (unless this folder holds the same run, finished), write summary.json, return the result.
@@ -37,8 +39,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", overrides: Sequen
     `run_name` (default: logging.run_name, else the folder's name) and `overrides` label the run in sweep reports.
     """
     config = load_config(cfg)
-    if config.common.threads:
-        torch.set_num_threads(config.common.threads)
+    torch.set_num_threads(config.common.threads or TORCH_DEFAULT_THREADS)  # not what an earlier job in this process set
     dist = init_distributed(resolve_device(config.common.device))
     name = config.logging.run_name or run_name or output_dir.name
     try:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from linformer_pt.cli.train import run
+from linformer_pt.cli.train import TORCH_DEFAULT_THREADS, run
 from linformer_pt.config import load_config
 from linformer_pt.data.unigram import unigram_baseline
 from linformer_pt.errors import UserError
@@ -59,6 +59,15 @@ def test_a_runs_peak_memory_is_its_own_not_an_earlier_runs_in_the_same_process(t
         pytest.skip("this system cannot reset a process's peak memory")  # and the summary says so
     assert summary["peak_memory_kind"] == "process_max_rss"
     assert 0 < summary["peak_memory_mb"] < earlier_peak - 1024
+
+
+def test_common_threads_0_is_torchs_default_also_after_a_job_that_set_threads(tiny_overrides, tmp_path):
+    # The jobs of a multirun share a process: common.threads of one job must not stay for the next.
+    other = TORCH_DEFAULT_THREADS + 1
+    run(compose_config(tiny_overrides + ["optimization.max_update=1", f"common.threads={other}"]), tmp_path / "a")
+    assert torch.get_num_threads() == other
+    run(compose_config(tiny_overrides + ["optimization.max_update=1", "common.threads=0"]), tmp_path / "b")
+    assert torch.get_num_threads() == TORCH_DEFAULT_THREADS
 
 
 def test_a_finished_run_writes_its_summary_and_a_rerun_trains_nothing(tiny_overrides, tmp_path):
