@@ -31,6 +31,7 @@ def staged_folder(folder: Path, marker: str) -> Iterator[Path]:
     """
     folder = Path(folder).expanduser()
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_stages(folder)
     stage = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)  # our own leftover from an earlier process with this pid
     stage.mkdir()
@@ -45,6 +46,28 @@ def staged_folder(folder: Path, marker: str) -> Iterator[Path]:
         fsync_path(folder.parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # only still there when something above failed
+
+
+def remove_dead_stages(folder: Path) -> None:
+    """Remove the staging folders that killed processes (kill -9, power loss) left beside `folder`.
+
+    A staging folder whose process still runs is another export under way and stays.
+    """
+    prefix = f".{folder.name}.partial-"  # not a glob: a folder's name may hold [ or *
+    for stage in folder.parent.iterdir():
+        pid = stage.name[len(prefix):]
+        if stage.name.startswith(prefix) and pid.isdigit() and not process_is_alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def move_files(stage: Path, folder: Path, marker: str) -> None:

@@ -1,5 +1,7 @@
 """staged_folder: a folder of files replaced so that no crash point leaves new files under an old marker."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +86,19 @@ def test_the_marker_moves_last(tmp_path, monkeypatch):
     monkeypatch.setattr(staged.os, "replace", replace)
     export(tmp_path / "out")
     assert moves[-1] == "config.json" and sorted(moves) == sorted(NEW)
+
+
+def test_staging_left_by_a_killed_process_is_removed_and_a_live_ones_is_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "print(__import__('os').getpid())"], capture_output=True, text=True)
+    dead_pid = dead.stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write(tmp_path / f".out.partial-{dead_pid}", {"model.safetensors": "half"})  # its process is gone
+        write(tmp_path / f".out.partial-{live.pid}", {"model.safetensors": "under way"})  # an export still running
+        write(tmp_path / f".other.partial-{dead_pid}", {"model.safetensors": "another folder's"})
+        export(tmp_path / "out")
+        assert sorted(leftovers(tmp_path)) == sorted([f".out.partial-{live.pid}", f".other.partial-{dead_pid}"])
+        assert contents(tmp_path / "out") == NEW
+    finally:
+        live.kill()
+        live.wait()
