@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,38 @@ def test_export_reads_the_checkpoint_once(run, tmp_path, monkeypatch):
     monkeypatch.setattr(fine_tuned, "load_checkpoint", counted)
     export_cli.main([str(run), str(tmp_path / "once")])
     assert reads == [run / "checkpoints" / "checkpoint_best.pt"]
+
+
+def export_state(folder: Path) -> str:
+    """What a reader finds: "interrupted" (no config.json; loading says so) or the dtype of a whole export."""
+    if not (folder / "config.json").exists():
+        with pytest.raises(UserError, match="its export was interrupted"):
+            LinformerForMaskedLM.from_pretrained(folder)
+        return "interrupted"
+    dtype = json.loads((folder / "config.json").read_text())["dtype"]
+    # Never new weights under an old config: the tensors have the config's dtype, and the folder loads.
+    assert {str(t.dtype) for t in load_file(str(folder / "model.safetensors")).values()} == {f"torch.{dtype}"}
+    LinformerForMaskedLM.from_pretrained(folder)
+    return dtype
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.003, 0.02])
+def test_kill_9_during_a_reexport_leaves_the_old_export_the_new_one_or_an_interrupted_one(run, exported, tmp_path,
+                                                                                      delay):  # fmt: skip
+    folder = copy_export(exported, tmp_path / "out")
+    (folder / "notes.txt").write_text("mine")
+    command = [sys.executable, "-m", "linformer_pt.cli.export", str(run), str(folder), "--dtype", "bf16"]
+    export = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    # Kill it once it is writing (its staging folder exists), at `delay` seconds into the writing and moving.
+    while not list(tmp_path.glob(".out.partial-*")) and export.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    time.sleep(delay)
+    export.kill()
+    export.wait()
+    assert export_state(folder) in ("float32", "bfloat16", "interrupted")
+    assert (folder / "notes.txt").read_text() == "mine"
+    # The next export mends the folder and clears the killed process's staging folder.
+    export_cli.main([str(run), str(folder), "--dtype", "fp16"])
+    assert export_state(folder) == "float16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
