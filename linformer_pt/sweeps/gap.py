@@ -44,6 +44,11 @@ class GapCurve:
     reference: List[Run]
     points: List[GapPoint]
 
+    @property
+    def finished(self) -> bool:
+        """Whether the Linformer run and all of its reference finished (else the curve may still move)."""
+        return all(run.status == "finished" for run in (self.run, *self.reference))
+
 
 def comparable_key(run: Run) -> str:
     """The run's config without its attention and NOT_SETTING keys: runs with equal keys differ in attention only."""

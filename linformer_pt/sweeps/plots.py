@@ -133,7 +133,7 @@ def gap_plot(runs: Sequence[Run], path: Path) -> Optional[Path]:
     for index, curve in enumerate(curves):
         ax.plot([p.tokens for p in curve.points], [p.percent for p in curve.points], marker="o", markersize=3,
                 color=colors[index % len(colors)], label=describe(curve.run),
-                linestyle="-" if curve.run.status == "finished" else "--")  # fmt: skip
+                linestyle="-" if curve.finished else "--")  # fmt: skip
     ax.axhline(0.0, color="grey", linewidth=1, label="standard attention")
     ax.set(xlabel="tokens seen", ylabel="ppl gap (% of standard attention's)",
            title="Linformer vs standard attention at equal tokens")  # fmt: skip

@@ -19,7 +19,7 @@ def long_pair(sweep, standard_status="finished"):
 def test_a_linformer_run_is_paired_with_its_standard_run_at_every_shared_validation(tmp_path):
     long_pair(tmp_path)
     [curve] = gap_curves(collect_runs([tmp_path]))
-    assert curve.run.name == "k64" and [r.name for r in curve.reference] == ["standard"]
+    assert curve.run.name == "k64" and [r.name for r in curve.reference] == ["standard"] and curve.finished
     assert [p.update for p in curve.points] == [100, 200, 300, 400]
     assert [round(p.percent, 6) for p in curve.points] == [-10.0, -5.0, -1.0, 0.0]
 
@@ -56,6 +56,8 @@ def test_an_unfinished_reference_counts_with_the_validations_it_reached(tmp_path
     report, plots = build_report([tmp_path], None, "linformer-sweep-report test")
     text = report.read_text()
     assert "**attention=k64** against attention=standard (unfinished):" in text
+    [curve] = gap_curves(collect_runs([tmp_path]))
+    assert curve.run.status == "finished" and not curve.finished  # drawn dashed: the reference may still move
     rows = table_rows(text, "## Linformer vs standard attention over training")
     assert [row[0] for row in rows] == ["100", "200"] and [row[-1] for row in rows] == ["-10.0%", "-5.0%"]
     assert "gap_vs_tokens.png" in [p.name for p in plots]
