@@ -43,7 +43,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def memory_kind(device: torch.device, reset: bool = True) -> str:
+def memory_kind(device: torch.device, reset: bool) -> str:
     """How peak_memory_mb was measured; `reset` says whether reset_peak_memory succeeded at the run's start."""
     if device.type == "cuda":
         return "cuda_max_allocated"
@@ -53,8 +53,11 @@ def memory_kind(device: torch.device, reset: bool = True) -> str:
 class RunStats:
     """Counters of one run over all its sessions (saved in every checkpoint)."""
 
-    def __init__(self) -> None:
-        self.memory_reset = True  # whether this session's peak memory starts at the run (see start_session)
+    def __init__(self, device: torch.device) -> None:
+        """Made when a trainer starts: this session's peak memory counts from here, not from an earlier run in
+        this process (a multirun's jobs share one)."""
+        self.device = device
+        self.memory_kind = memory_kind(device, reset=reset_peak_memory(device))
         self.tokens_seen = 0  # padding-free training tokens, summed over processes
         self.valid_seconds = 0.0  # part of the training time spent validating (tokens/s leaves it out)
         self.peak_memory_mb = 0.0  # the largest peak of any session so far
@@ -71,12 +74,8 @@ class RunStats:
             self.best_score = score
             self.best_valid = {**{key: value for key, value in result.items() if key != "masked"}, "update": update}
 
-    def start_session(self, device: torch.device) -> None:
-        """Called once per process run: this session's peak memory counts from here."""
-        self.memory_reset = reset_peak_memory(device)
-
-    def note_memory(self, device: torch.device) -> float:
-        self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb(device))
+    def note_memory(self) -> float:
+        self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb(self.device))
         return self.peak_memory_mb
 
     def state_dict(self) -> Dict[str, Any]:

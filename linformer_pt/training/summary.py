@@ -12,7 +12,6 @@ from typing import Any, Dict, Optional, Sequence
 from linformer_pt.config import TrainConfig
 from linformer_pt.data.cache import write_json_atomic
 from linformer_pt.errors import UserError
-from linformer_pt.training.run_stats import memory_kind
 
 SUMMARY_FILE = "summary.json"
 STATUSES = ("finished", "interrupted", "failed")
@@ -44,8 +43,8 @@ def run_summary(
         "best_valid": stats.best_valid or None,
         "unigram_baseline": unigram,
         "tokens_per_s": stats.tokens_seen / train_only,  # validation time left out
-        "peak_memory_mb": stats.note_memory(trainer.device),
-        "peak_memory_kind": memory_kind(trainer.device, stats.memory_reset),
+        "peak_memory_mb": stats.note_memory(),
+        "peak_memory_kind": stats.memory_kind,
         "wall_seconds": seconds,
         "valid_seconds": stats.valid_seconds,
         "world_size": trainer.dist.world_size,

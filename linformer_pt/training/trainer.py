@@ -113,8 +113,7 @@ class Trainer:
         self.train_seconds = 0.0  # training time of earlier sessions of this run (stop_time_hours counts it)
         self.start_time = time.perf_counter()
         self.window = Window()
-        self.stats = RunStats()
-        self.stats.start_session(self.device)  # not the peak of an earlier run in this process (a multirun)
+        self.stats = RunStats(self.device)
         self.metrics_lines = 0  # lines of metrics.jsonl that belong to the state (a resume cuts the rest)
         self.peak_tflops = t.peak_tflops or peak_tflops(self.device)
         ck = cfg.checkpoint
@@ -244,7 +243,7 @@ class Trainer:
             )
         else:
             model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
-        self.stats.note_memory(self.device)
+        self.stats.note_memory()
         return {
             "model": model_state,
             "optimizer": optimizer_state,
