@@ -128,6 +128,7 @@ def restore_training_state(trainer: Any, state: Dict[str, Any]) -> None:
         trainer.train_seconds, trainer.overflows = state.get("train_seconds", 0.0), state.get("overflows", 0)
         trainer.window.load_state_dict(state.get("log_window", {}))
     trainer.metrics_lines = state.get("metrics_lines", 0)
+    trainer.validation_pending = state.get("validation_pending", False)
     trainer.stats.load_state_dict(state.get("run_stats", {}))
     torch.set_rng_state(state["rng"]["torch"])
 

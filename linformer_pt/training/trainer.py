@@ -110,6 +110,7 @@ class Trainer:
         self.overflows = 0
         self.best_valid_score = math.inf  # the task's best_score (lower is better): the validation loss by default
         self.last_valid: Dict[str, float] = {}
+        self.validation_pending = False  # a signal stopped the run where a validation was due: the resume does it
         self.train_seconds = 0.0  # training time of earlier sessions of this run (stop_time_hours counts it)
         self.start_time = time.perf_counter()
         self.window = Window()
@@ -254,6 +255,7 @@ class Trainer:
             "train_iterator": all_gather_objects(self.train_iterator.state_dict()),  # one position per process
             "best_valid_score": self.best_valid_score,
             "last_valid": self.last_valid,
+            "validation_pending": self.validation_pending,
             "train_seconds": self.training_seconds(),
             "overflows": self.overflows,
             "log_window": self.window.state_dict(),
@@ -293,12 +295,14 @@ class Trainer:
         if self.dist.is_main and hasattr(self.task, "tokenizer_path"):
             # The run folder is self-contained: its checkpoints' token ids are read with this tokenizer.
             shutil.copy(self.task.tokenizer_path, self.output_dir / "tokenizer.json")
-        # A resumed run only validates first when its checkpoint holds no result to start from.
-        if opt.validate_at_start and (self.resumed_from is None or not self.last_valid):
+        # A resumed run validates first when its checkpoint holds no result to start from, or holds a pending one.
+        pending = self.validation_pending
+        if pending or (opt.validate_at_start and (self.resumed_from is None or not self.last_valid)):
             self._validate_and_log(logger)
+            self.validation_pending = False
         first_valid = dict(self.last_valid)  # {} when no validation has run yet
         if self._limit_reached(time_over=False):  # a finished run, rerun: nothing left to do
-            path = self.output_dir / self.cfg.checkpoint.save_dir / CHECKPOINT_LAST
+            path = self.save() if pending else self.output_dir / self.cfg.checkpoint.save_dir / CHECKPOINT_LAST
             return {"first_valid": first_valid, "final_valid": first_valid, "updates": self.update,
                     "checkpoint": str(path), "metrics": str(logger.path), "finished_before": True}  # fmt: skip
         batches = self.train_iterator.forever()
@@ -326,8 +330,11 @@ class Trainer:
                 # run logs the same records as a run that never stopped.
                 if self.update % log_cfg.log_interval == 0 or (stop and not signalled):
                     self._log_train(logger, bar, stats)
-                if opt.validate_interval_updates and self.update % opt.validate_interval_updates == 0 and not stop:
+                due = bool(opt.validate_interval_updates) and self.update % opt.validate_interval_updates == 0
+                if due and not stop:
                     self._validate_and_log(logger)
+                # A signal saves first (its grace period is short) and leaves a due or final validation to the resume.
+                self.validation_pending = signalled and (due or self._limit_reached(time_over))
                 every = self.cfg.checkpoint.save_interval_updates
                 numbered = bool(every) and self.update % every == 0
                 if numbered or save_due or signalled:

@@ -16,9 +16,13 @@ from typing import Dict, List
 
 import pytest
 import torch
+from conftest import compose_config
 
+from linformer_pt.cli.train import run
+from linformer_pt.errors import RunInterrupted
 from linformer_pt.training.checkpoint import load_checkpoint
 from linformer_pt.training.signals import EXIT_PREEMPTED
+from linformer_pt.training.trainer import Trainer
 
 MODULE = [sys.executable, "-m", "linformer_pt.cli.train"]
 COMPARED = ("split", "update", "epoch", "tokens", "loss", "lr", "gnorm", "masked")
@@ -144,6 +148,31 @@ def test_sigterm_saves_at_the_update_boundary_exits_75_and_resumes_exactly(overr
     resumed, uninterrupted = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
     assert resumed["status"] == "finished"
     assert resumed["tokens_seen"] == uninterrupted["tokens_seen"] > 0
+    assert resumed["best_valid"] == uninterrupted["best_valid"]
+
+
+@pytest.mark.parametrize("stop_at", [7, 20], ids=["at-a-validation", "at-the-last-update"])
+def test_a_signal_where_a_validation_is_due_leaves_it_to_the_resumed_run(overrides, tmp_path, monkeypatch, stop_at):
+    # validate_interval_updates=7: the interrupted run saves without validating (a grace period is short); the
+    # resumed run must log the validation (and its checkpoint_best candidate) that the uninterrupted run did.
+    cfg = compose_config(overrides)
+    run(cfg, tmp_path / "reference")
+    real_step = Trainer.train_step
+
+    def step_then_sigterm(self, batches):
+        stats = real_step(self, batches)
+        if self.update == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the loop decides to stop
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    with pytest.raises(RunInterrupted, match=f"interrupted at update {stop_at};"):
+        run(cfg, tmp_path / "stopped")
+    monkeypatch.undo()
+    run(cfg, tmp_path / "stopped")
+    assert_same_run(tmp_path / "stopped", tmp_path / "reference")
+    resumed, uninterrupted = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("stopped", "reference"))
+    assert resumed["final_valid"] == uninterrupted["final_valid"]
     assert resumed["best_valid"] == uninterrupted["best_valid"]
 
 
