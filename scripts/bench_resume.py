@@ -20,6 +20,7 @@ import torch
 from benchlib import cpu_model, fmt, write_results
 
 from linformer_pt.data.tokenizer import load_tokenizer
+from linformer_pt.training.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FILES = str(REPO.parent / "shared" / "data" / "gutenberg" / "*.txt")
@@ -106,9 +107,9 @@ def measure(mode: str, args: List[str], work: Path, fraction: float, bytes_per_t
     position = late_position(args, fraction, bytes_per_token)
     shutil.copytree(fresh_dir, resume_dir)
     path = resume_dir / "checkpoints" / "checkpoint_last.pt"
-    state = torch.load(path, weights_only=False)
+    state = load_checkpoint(path)
     state.update(update=position["updates"], train_iterator=[position["state"]], metrics_lines=0)
-    torch.save(state, path)
+    save_checkpoint(path, state)
     target = position["updates"] + 1
     resumed = first_update_seconds(args + [f"optimization.max_update={target}"], resume_dir, target)
     return {"mode": mode, "fresh_s": fresh, "resume_s": resumed, "ratio": resumed / fresh,

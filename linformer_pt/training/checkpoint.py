@@ -4,10 +4,12 @@ A checkpoint holds model, optimizer, LR schedule, update count, data position, R
 resolved config and provenance (package version, git revision, tokenizer and data hashes).
 """
 import os
+import pickle
 import re
 import shutil
 import subprocess
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -39,7 +41,7 @@ def provenance(extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     return {
         "linformer_pt": linformer_pt.__version__,
         "git_revision": git_revision(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: TorchVersion would need an unsafe global to load
         **(extra or {}),
     }
 
@@ -51,11 +53,39 @@ def rng_states() -> Dict[str, Any]:
     return states
 
 
+SAFE_LEAVES = (torch.Tensor, str, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def unsafe_value(state: Any, where: str = "state") -> Optional[str]:
+    """Where `state` holds something torch.load(weights_only=True) would refuse, else None.
+
+    Checked before every save: a checkpoint this project writes must load in any other process without
+    allowlisting a class, so a stranger's checkpoint never needs to be trusted.
+    """
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if not isinstance(key, (str, int)):
+                return f"{where} has a key of type {type(key).__name__}"
+            found = unsafe_value(value, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(state, (list, tuple)) and type(state) in (list, tuple):
+        return next((found for i, v in enumerate(state) if (found := unsafe_value(v, f"{where}[{i}]"))), None)
+    if type(state) in SAFE_LEAVES or isinstance(state, torch.Tensor):
+        return None
+    return f"{where} is a {type(state).__module__}.{type(state).__qualname__}"
+
+
 def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     """torch.save through a temporary file + fsync + rename: a crash or a full disk never leaves a truncated checkpoint.
 
-    On failure the temporary file is removed and the previous file at `path` is untouched.
+    On failure the temporary file is removed and the previous file at `path` is untouched. Only plain values are
+    written (tensors, numbers, strings, lists, dicts), so the file loads with weights_only=True.
     """
+    unsafe = unsafe_value(state)
+    if unsafe:  # a bug in this project, not bad input: say where, and write nothing
+        raise TypeError(f"refusing to write checkpoint {path}: {unsafe}, which weights_only loading rejects")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -74,19 +104,43 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     return path
 
 
+CONVERT_HINT = "linformer-convert-checkpoint --trust-pickle {path} <new.pt>"
+
+
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by save_checkpoint; a missing, truncated or foreign file is one UserError line."""
+    """Load a checkpoint written by save_checkpoint; a missing, truncated, foreign or unsafe file is one UserError line.
+
+    Checkpoints are pickles, and a pickle can run any code while it loads: torch's weights_only unpickler accepts
+    tensors and plain containers only, so nothing in a file from a stranger runs. A file that needs more (an
+    arbitrary class or function) is refused; an older checkpoint of this project that stored a class can be
+    converted once, by someone who trusts it, with linformer-convert-checkpoint --trust-pickle.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the verdict below is the one line to show
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err) and "Unsupported" not in str(err):
+            raise UserError(f"checkpoint {path} is truncated or not a checkpoint ({first_line(err)})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        needs = f" (it needs {found.group(1)})" if found else ""
+        raise UserError(
+            f"checkpoint {path} is not a safe checkpoint: loading it could run code{needs}; nothing in it was run. "
+            f"If you trust its source, convert it: {CONVERT_HINT.format(path=path)}"
+        ) from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for damaged or foreign files
+        reason = "not a torch.save file" if isinstance(err, KeyError) else first_line(err)
         raise UserError(f"checkpoint {path} is truncated or not a checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"checkpoint {path} is not a linformer-pt checkpoint (no model state)")
     return state
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def numbered_name(update: int) -> str:
