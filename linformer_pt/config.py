@@ -209,7 +209,8 @@ class CheckpointConfig:
     reset_optimizer: bool = False  # resume with a fresh optimizer state
     reset_lr_scheduler: bool = False  # resume with the schedule's configured base learning rates
     reset_dataloader: bool = False  # resume at the start of the data (allows another global batch)
-    reset_meters: bool = False  # forget the best validation loss
+    reset_meters: bool = False  # forget the best validation, tokens seen, training time and rates: a new count
+    patience: int = 0  # stop after this many validations in a row without a new best; 0: never stop early
     init_from: Optional[str] = None  # start from these weights only (resized if model.max_positions differs)
     # sentence_prediction: a pretraining run folder, checkpoint or export; its encoder (LM head dropped) and tokenizer
     finetune_from: Optional[str] = None
@@ -230,6 +231,7 @@ class CheckpointConfig:
         check(self.save_interval_updates >= 0, f"checkpoint.save_interval_updates={self.save_interval_updates} must be >= 0")
         check(self.save_interval_minutes >= 0, f"checkpoint.save_interval_minutes={self.save_interval_minutes} must be >= 0")
         check(self.keep_last >= 0, f"checkpoint.keep_last={self.keep_last} must be >= 0")
+        check(self.patience >= 0, f"checkpoint.patience={self.patience} must be >= 0 (0: no early stopping)")
         check(
             not (self.restore_file and self.init_from),
             "checkpoint.restore_file (resume a run) and checkpoint.init_from (weights only) exclude each other",

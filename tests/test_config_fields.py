@@ -77,6 +77,7 @@ BAD = {
     "checkpoint.reset_lr_scheduler": ["checkpoint.reset_lr_scheduler=maybe"],
     "checkpoint.reset_dataloader": ["checkpoint.reset_dataloader=maybe"],
     "checkpoint.reset_meters": ["checkpoint.reset_meters=maybe"],
+    "checkpoint.patience": ["checkpoint.patience=-1"],
     "checkpoint.init_from": ["checkpoint.init_from=/no/such/checkpoint.pt"],
     "checkpoint.finetune_from": ["checkpoint.finetune_from=/no/such/run"],
     "logging.log_interval": ["logging.log_interval=0"],

@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from linformer_pt.config import TrainConfig
 from linformer_pt.errors import RunInterrupted
@@ -27,9 +26,11 @@ from linformer_pt.training.checkpoint import (
 )
 from linformer_pt.training.distributed import DistributedInfo, all_gather_objects, all_reduce_sum, local_device, wrap_model
 from linformer_pt.training.logging import MetricsLogger, peak_tflops
+from linformer_pt.training.meters import Window
 from linformer_pt.training.optim import build_lr_scheduler, build_optimizer
 from linformer_pt.training.precision import Precision
-from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock
+from linformer_pt.training.progress import Progress
+from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock, schedule_change
 from linformer_pt.training.run_stats import RunStats
 from linformer_pt.training.signals import StopSignals, interrupted_message, multirun_sweep_dir
 
@@ -39,42 +40,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class Window:
-    """Sums of training statistics since the last log record."""
-
-    KEYS = ("loss_sum", "masked", "tokens", "flops", "data_time")
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.sums = dict.fromkeys(self.KEYS, 0.0)
-        self.gnorm_sum, self.updates = 0.0, 0
-
-    def add(self, stats: Dict[str, float]) -> None:
-        for key in self.KEYS:
-            self.sums[key] += stats[key]
-        self.gnorm_sum += stats["gnorm"]
-        self.updates += 1
-
-    def state_dict(self) -> Dict[str, Any]:
-        """The sums (not the clock): a run resumed mid-window logs the same averages as one that never stopped."""
-        return {"sums": dict(self.sums), "gnorm_sum": self.gnorm_sum, "updates": self.updates}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if state:
-            self.sums, self.gnorm_sum, self.updates = dict(state["sums"]), state["gnorm_sum"], state["updates"]
-
-    def summary(self, peak: float) -> Dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        loss = self.sums["loss_sum"] / max(self.sums["masked"], 1)
-        tflops = self.sums["flops"] / elapsed / 1e12
-        out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "gnorm": self.gnorm_sum / max(self.updates, 1),
-               "tokens_per_s": self.sums["tokens"] / elapsed, "tflops": tflops,
-               "data_share": self.sums["data_time"] / elapsed}  # fmt: skip
-        if peak:
-            out["mfu"] = tflops / peak
-        return out
 
 
 class Trainer:
@@ -93,6 +58,8 @@ class Trainer:
         self.device = local_device(resolve_device(cfg.common.device), dist)
         self.provenance = provenance(task.provenance())  # hashes and git revision: once, not at every save
         state = None if resume_from is None else load_resume_state(resume_from, cfg, self.provenance, dist.world_size)
+        if state is not None and dist.is_main and schedule_change(state, cfg):
+            print(schedule_change(state, cfg), flush=True)
         if state is not None:
             model.load_state_dict(state["model"])  # before wrapping: DDP broadcasts it, FSDP shards it
         self.model = model.to(self.device)
@@ -111,9 +78,11 @@ class Trainer:
         self.best_valid_score = math.inf  # the task's best_score (lower is better): the validation loss by default
         self.last_valid: Dict[str, float] = {}
         self.validation_pending = False  # a signal stopped the run where a validation was due: the resume does it
+        self.bad_validations = 0  # validations in a row without a new best (checkpoint.patience stops the run)
         self.train_seconds = 0.0  # training time of earlier sessions of this run (stop_time_hours counts it)
         self.start_time = time.perf_counter()
         self.window = Window()
+        self.progress: Optional[Progress] = None
         self.stats = RunStats(self.device)
         self.metrics_lines = 0  # lines of metrics.jsonl that belong to the state (a resume cuts the rest)
         self.peak_tflops = t.peak_tflops or peak_tflops(self.device)
@@ -256,6 +225,7 @@ class Trainer:
             "best_valid_score": self.best_valid_score,
             "last_valid": self.last_valid,
             "validation_pending": self.validation_pending,
+            "bad_validations": self.bad_validations,
             "train_seconds": self.training_seconds(),
             "overflows": self.overflows,
             "log_window": self.window.state_dict(),
@@ -291,64 +261,72 @@ class Trainer:
                 logger.close()
 
     def _fit(self, logger: MetricsLogger, signals: StopSignals) -> Dict[str, Any]:
-        opt, log_cfg = self.cfg.optimization, self.cfg.logging
+        opt = self.cfg.optimization
         if self.dist.is_main and hasattr(self.task, "tokenizer_path"):
             # The run folder is self-contained: its checkpoints' token ids are read with this tokenizer.
             shutil.copy(self.task.tokenizer_path, self.output_dir / "tokenizer.json")
+        self.progress = Progress(opt.max_update, self.update, self.dist.is_main, self.cfg.logging.progress_bar,
+                                 language_model=not hasattr(self.task, "valid_metrics"))  # fmt: skip
+        try:
+            return self._train(logger, signals)
+        finally:
+            self.progress.close()
+
+    def _train(self, logger: MetricsLogger, signals: StopSignals) -> Dict[str, Any]:
+        opt = self.cfg.optimization
+        finished = self._limit_reached(time_over=False)
+        if finished and self.window.updates:
+            self._log_train(logger)  # a signal at the last update saved its window: log it where it would have been
         # A resumed run validates first when its checkpoint holds no result to start from, or holds a pending one.
-        pending = self.validation_pending
+        pending, self.validation_pending = self.validation_pending, False  # not pending in the checkpoints it writes
         if pending or (opt.validate_at_start and (self.resumed_from is None or not self.last_valid)):
             self._validate_and_log(logger)
-            self.validation_pending = False
         first_valid = dict(self.last_valid)  # {} when no validation has run yet
-        if self._limit_reached(time_over=False):  # a finished run, rerun: nothing left to do
+        if finished or self._out_of_patience():  # a finished run, rerun: nothing left to do
             path = self.save() if pending else self.output_dir / self.cfg.checkpoint.save_dir / CHECKPOINT_LAST
             return {"first_valid": first_valid, "final_valid": first_valid, "updates": self.update,
                     "checkpoint": str(path), "metrics": str(logger.path), "finished_before": True}  # fmt: skip
         batches = self.train_iterator.forever()
-        bar = tqdm(total=opt.max_update, initial=self.update, unit="upd", dynamic_ncols=True, desc="train",
-                   disable=not (log_cfg.progress_bar and self.dist.is_main))  # fmt: skip
         last_save = time.perf_counter()
-        stop = False
-        try:
-            while not stop:
-                before, waited = self.update, time.perf_counter()
-                micro_batches = next(batches)
-                data_time = time.perf_counter() - waited  # the share of time spent waiting for data is logged
-                stats = self.train_step(micro_batches)
-                if self.update == before:
-                    continue  # an fp16 overflow: nothing was learned, nothing to log
-                self.window.add({**stats, "data_time": data_time})
-                bar.update(1)
-                # One decision for all processes: each has its own clock and may have caught a signal alone.
-                signalled, time_over, save_due = self._agree([
-                    signals.requested, self.training_seconds() >= opt.stop_time_hours * 3600 > 0,
-                    time.perf_counter() - last_save >= self.cfg.checkpoint.save_interval_minutes * 60 > 0,
-                ])  # fmt: skip
-                stop = signalled or self._limit_reached(time_over)
-                # A stop on a signal logs nothing extra: the window's sums go into the checkpoint, and the resumed
-                # run logs the same records as a run that never stopped.
-                if self.update % log_cfg.log_interval == 0 or (stop and not signalled):
-                    self._log_train(logger, bar, stats)
-                due = bool(opt.validate_interval_updates) and self.update % opt.validate_interval_updates == 0
-                if due and not stop:
-                    self._validate_and_log(logger)
-                # A signal saves first (its grace period is short) and leaves a due or final validation to the resume.
-                self.validation_pending = signalled and (due or self._limit_reached(time_over))
-                every = self.cfg.checkpoint.save_interval_updates
-                numbered = bool(every) and self.update % every == 0
-                if numbered or save_due or signalled:
-                    self.save(numbered=numbered)
-                    last_save = time.perf_counter()
-                if signalled:
-                    self.writer.wait()
-                    signals.hand_over()  # under submitit: its handler requeues the job now
-                    sweep_dir = multirun_sweep_dir()  # a --multirun job is resumed by rerunning its sweep
-                    message = interrupted_message(signals.describe(), self.update, self.output_dir, sweep_dir)
-                    raise RunInterrupted(message, signals.exit_code)
-        finally:
-            bar.close()
-        final_valid = self._validate_and_log(logger)
+        stop = validated = False
+        while not stop:
+            before, started = self.update, time.perf_counter()
+            micro_batches = next(batches)
+            data_time = time.perf_counter() - started  # the share of time spent waiting for data is logged
+            stats = self.train_step(micro_batches)
+            if self.update == before:
+                continue  # an fp16 overflow: nothing was learned, nothing to log
+            self.window.add({**stats, "data_time": data_time, "seconds": time.perf_counter() - started})
+            self.progress.step()
+            # One decision for all processes: each has its own clock and may have caught a signal alone.
+            signalled, time_over, save_due = self._agree([
+                signals.requested, self.training_seconds() >= opt.stop_time_hours * 3600 > 0,
+                time.perf_counter() - last_save >= self.cfg.checkpoint.save_interval_minutes * 60 > 0,
+            ])  # fmt: skip
+            stop = signalled or self._limit_reached(time_over)
+            # A stop on a signal logs nothing extra: the window's sums go into the checkpoint, and the resumed
+            # run logs the same records as a run that never stopped.
+            if self.update % self.cfg.logging.log_interval == 0 or (stop and not signalled):
+                self._log_train(logger)
+            due = bool(opt.validate_interval_updates) and self.update % opt.validate_interval_updates == 0
+            validated = due and not stop
+            if validated:
+                self._validate_and_log(logger)
+                stop = self._out_of_patience()
+            # A signal saves first (its grace period is short) and leaves a due or final validation to the resume.
+            self.validation_pending = signalled and (due or self._limit_reached(time_over))
+            every = self.cfg.checkpoint.save_interval_updates
+            numbered = bool(every) and self.update % every == 0
+            if numbered or save_due or signalled:
+                self.save(numbered=numbered)
+                last_save = time.perf_counter()
+            if signalled:
+                self.writer.wait()
+                signals.hand_over()  # under submitit: its handler requeues the job now
+                sweep_dir = multirun_sweep_dir()  # a --multirun job is resumed by rerunning its sweep
+                message = interrupted_message(signals.describe(), self.update, self.output_dir, sweep_dir)
+                raise RunInterrupted(message, signals.exit_code)
+        final_valid = self.last_valid if validated else self._validate_and_log(logger)  # early stop: just validated
         checkpoint = self.save()
         return {"first_valid": first_valid, "final_valid": final_valid, "updates": self.update,
                 "checkpoint": str(checkpoint), "metrics": str(logger.path)}  # fmt: skip
@@ -362,6 +340,14 @@ class Trainer:
         epochs_done = opt.max_epoch > 0 and self.train_iterator.epoch > opt.max_epoch
         return self.update >= opt.max_update or epochs_done or time_over
 
+    def _out_of_patience(self) -> bool:
+        """checkpoint.patience validations in a row without a new best: fairseq's early stopping."""
+        patience = self.cfg.checkpoint.patience
+        if patience and self.bad_validations >= patience and self.dist.is_main:
+            print(f"early stop at update {self.update}: {self.bad_validations} validations without improving on "
+                  f"the best (checkpoint.patience={patience})", flush=True)  # fmt: skip
+        return bool(patience) and self.bad_validations >= patience
+
     def training_seconds(self) -> float:
         """Training time of this run over all its sessions (a resumed run keeps its time budget)."""
         return self.train_seconds + time.perf_counter() - self.start_time
@@ -373,21 +359,21 @@ class Trainer:
         score = self.task.best_score(result) if hasattr(self.task, "best_score") else result["loss"]
         self.stats.add_validation(result, self.update, time.perf_counter() - started, score)
         self._log(logger, "valid", result)
-        if self.cfg.checkpoint.keep_best and score < self.best_valid_score:
+        self.progress.valid(self.update, self.train_iterator.epoch, result)
+        improved = score < self.best_valid_score
+        self.bad_validations = 0 if improved else self.bad_validations + 1
+        if improved:
             self.best_valid_score = score
-            self.save(CHECKPOINT_BEST)
+            if self.cfg.checkpoint.keep_best:
+                self.save(CHECKPOINT_BEST)
         return result
 
-    def _log_train(self, logger: MetricsLogger, bar: tqdm, stats: Dict[str, float]) -> None:
+    def _log_train(self, logger: MetricsLogger) -> None:
         # FLOPs are summed over processes: MFU divides by the peak of all of them.
-        summary = {**self.window.summary(self.peak_tflops * self.dist.world_size), "lr": stats["lr"]}
+        summary = {**self.window.summary(self.peak_tflops * self.dist.world_size), "lr": self.optimizer.param_groups[0]["lr"]}
         if self.precision.dynamic:
-            summary.update(loss_scale=stats["loss_scale"], overflows=self.overflows)
-        shown = {"loss": f"{summary['loss']:.3f}", "ppl": f"{summary['ppl']:.1f}", "lr": f"{stats['lr']:.2e}",
-                 "gnorm": f"{summary['gnorm']:.2f}", "tok_s": f"{summary['tokens_per_s']:.0f}"}  # fmt: skip
-        if self.precision.dynamic:
-            shown["scale"] = f"{self.precision.scale:g}"
-        bar.set_postfix(shown)
+            summary.update(loss_scale=self.precision.scale, overflows=self.overflows)
+        self.progress.train(self.update, self.train_iterator.epoch, summary)
         self._log(logger, "train", summary)
         self.window = Window()
 
