@@ -42,6 +42,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """tokenizer.path may name the run folder's own copy (a resume given the tokenizer it wrote)."""
+    return Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+
 class Trainer:
     """Fits `model` on `task` as configured by `cfg`, writing logs and checkpoints under `output_dir` (rank 0)."""
 
@@ -262,9 +267,10 @@ class Trainer:
 
     def _fit(self, logger: MetricsLogger, signals: StopSignals) -> Dict[str, Any]:
         opt = self.cfg.optimization
-        if self.dist.is_main and hasattr(self.task, "tokenizer_path"):
+        copy = self.output_dir / "tokenizer.json"
+        if self.dist.is_main and hasattr(self.task, "tokenizer_path") and not same_file(self.task.tokenizer_path, copy):
             # The run folder is self-contained: its checkpoints' token ids are read with this tokenizer.
-            shutil.copy(self.task.tokenizer_path, self.output_dir / "tokenizer.json")
+            shutil.copy(self.task.tokenizer_path, copy)
         self.progress = Progress(opt.max_update, self.update, self.dist.is_main, self.cfg.logging.progress_bar,
                                  language_model=not hasattr(self.task, "valid_metrics"))  # fmt: skip
         try:

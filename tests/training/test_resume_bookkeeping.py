@@ -185,3 +185,13 @@ def test_patience_stops_after_validations_without_improvement(overrides, tmp_pat
     assert valid == [0, 4, 8, 12]  # the stopping validation is the final one: not repeated
     assert summary(tmp_path / "run")["status"] == "finished"
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_best.pt")["update"] == 4
+
+
+def test_a_resume_given_the_run_folders_own_tokenizer(overrides, tmp_path):
+    """tokenizer.path=<run>/tokenizer.json for that same run: the copy onto itself was a SameFileError."""
+    run(compose_config(overrides + ["optimization.max_update=3"]), tmp_path / "run")
+    own = tmp_path / "run" / "tokenizer.json"
+    before = own.read_bytes()
+    result = run(compose_config(overrides + ["optimization.max_update=6",
+                                             f"tokenizer.path={own}"]), tmp_path / "run")  # fmt: skip
+    assert result["updates"] == 6 and own.read_bytes() == before
