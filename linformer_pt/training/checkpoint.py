@@ -123,12 +123,12 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" not in str(err) and "Unsupported" not in str(err):
-            raise UserError(f"checkpoint {path} is truncated or not a checkpoint ({first_line(err)})") from None
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        needs = f" (it needs {found.group(1)})" if found else ""
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # the pickle imports a class or function: refused
+        if not found:  # an opcode the safe unpickler lacks, or bytes that are no pickle: nothing imported either
+            raise UserError(f"checkpoint {path} is truncated or not a checkpoint (not a torch.save file)") from None
         raise UserError(
-            f"checkpoint {path} is not a safe checkpoint: loading it could run code{needs}; nothing in it was run. "
+            f"checkpoint {path} is not a safe checkpoint: loading it could run code (it needs {found.group(1)}); "
+            "nothing in it was run. "
             f"If you trust its source, convert it: {CONVERT_HINT.format(path=path)}"
         ) from None
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for damaged or foreign files
