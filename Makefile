@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test clean-outputs
+.PHONY: train test test-fast clean-outputs
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,13 @@ $(STAMP): setup.py
 train: $(STAMP)
 	$(BIN)/linformer-train $(ARGS)
 
-## test: the test suite
+## test: the test suite (all of it, about 5 minutes on 2 cores)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+## test-fast: the suite without the tests marked slow (pytest.ini), for quick checks while editing
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "not slow and not slurm"
 
 clean-outputs:
 	rm -rf outputs multirun

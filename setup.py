@@ -40,8 +40,10 @@ setup(
         "wandb": ["wandb>=0.16"],
         "plot": ["matplotlib>=3.7"],
         "slurm": ["hydra-submitit-launcher>=1.2"],
-        "hf": ["transformers>=5.0"],  # exports also load through transformers' Auto classes (linformer_pt/hf/)
-        "dev": ["pytest>=7.4", "matplotlib>=3.7", "wandb>=0.16", "hydra-submitit-launcher>=1.2", "transformers>=5.0"],
+        # Exports also load through transformers' Auto classes (linformer_pt/hf/); its Trainer needs accelerate.
+        "hf": ["transformers>=5.0", "accelerate>=1.1"],
+        "dev": ["pytest>=7.4", "matplotlib>=3.7", "wandb>=0.16", "hydra-submitit-launcher>=1.2", "transformers>=5.0",
+                "accelerate>=1.1"],
     },
     entry_points={
         "console_scripts": [
@@ -54,6 +56,8 @@ setup(
             "linformer-sweep-report=linformer_pt.cli.sweep_report:main",
             "linformer-analyze=linformer_pt.cli.analyze:main",
             "linformer-predict=linformer_pt.cli.predict:main",
+            "linformer-average-checkpoints=linformer_pt.cli.average:main",
+            "linformer-convert-checkpoint=linformer_pt.cli.convert_checkpoint:main",
         ],
     },
 )

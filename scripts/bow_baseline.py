@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -18,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from linformer_pt.cli.common import one_line_errors
 from linformer_pt.data.labelled import encode_labels, label_names, read_labelled
@@ -70,21 +72,34 @@ class Features:
         return torch.sparse_coo_tensor(indices, values, (len(docs), len(self)), check_invariants=True).coalesce()
 
 
-def fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Weights (features, classes) and bias minimising mean cross-entropy + l2/2 |W|^2 (the bias is not penalised)."""
+def fit(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int, bar: Optional[tqdm] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weights (features, classes) and bias minimising mean cross-entropy + l2/2 |W|^2 (the bias is not penalised).
+
+    `bar` advances by one per loss evaluation, max_iter in all per fit (a fit that converges early jumps to its end).
+    """
     w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
     b = torch.zeros(num_classes, requires_grad=True)
     # The loss is convex and the data fit in memory: full-batch quasi-Newton converges in a few hundred steps.
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-6, tolerance_change=1e-9)  # fmt: skip
 
+    done = 0
+
     def closure() -> torch.Tensor:
+        nonlocal done
+        if bar is not None and done < max_iter:  # the line search may evaluate more often than max_iter
+            bar.update(1)
+            done += 1
         opt.zero_grad()
         loss = F.cross_entropy(torch.sparse.mm(x, w) + b, y) + 0.5 * l2 * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
+    if bar is not None:
+        bar.update(max_iter - done)
     return w.detach(), b.detach()
 
 
@@ -95,15 +110,19 @@ def scores(x: torch.Tensor, model: Tuple[torch.Tensor, torch.Tensor]) -> np.ndar
 
 def train_and_score(
     train: Tuple[List[List[str]], np.ndarray], test: Tuple[List[List[str]], np.ndarray], num_classes: int,
-    l2: float, args: argparse.Namespace,
+    l2: float, args: argparse.Namespace, bar: Optional[tqdm] = None,
 ) -> Tuple[Dict[str, float], int]:  # fmt: skip
     """Learn features and a model on `train`, return the metrics on `test` and the number of features."""
     features = Features(train[0], args.min_count, args.max_features, args.features)
-    model = fit(features.matrix(train[0]), torch.from_numpy(train[1]), num_classes, l2, args.max_iter)
+    if bar is not None:
+        bar.set_postfix_str(f"l2={l2:g}", refresh=False)
+    model = fit(features.matrix(train[0]), torch.from_numpy(train[1]), num_classes, l2, args.max_iter, bar)
     return classification_metrics(scores(features.matrix(test[0]), model), test[1]), len(features)
 
 
-def choose_l2(docs: List[List[str]], y: np.ndarray, num_classes: int, args: argparse.Namespace) -> Dict[float, float]:
+def choose_l2(
+    docs: List[List[str]], y: np.ndarray, num_classes: int, args: argparse.Namespace, bar: Optional[tqdm] = None
+) -> Dict[float, float]:
     """{l2: accuracy on a held-out HELD_OUT of the training texts, the model fitted on the rest}."""
     order = np.random.default_rng(args.seed).permutation(len(docs))
     held = max(1, int(len(docs) * HELD_OUT))
@@ -111,7 +130,7 @@ def choose_l2(docs: List[List[str]], y: np.ndarray, num_classes: int, args: argp
         raise UserError(f"--train has {len(docs)} text(s): too few to hold some out; give one --l2 value")
     fit_part = ([docs[i] for i in order[held:]], y[order[held:]])
     held_part = ([docs[i] for i in order[:held]], y[order[:held]])
-    return {l2: train_and_score(fit_part, held_part, num_classes, l2, args)[0]["accuracy"] for l2 in args.l2}
+    return {l2: train_and_score(fit_part, held_part, num_classes, l2, args, bar)[0]["accuracy"] for l2 in args.l2}
 
 
 def run(args: argparse.Namespace) -> Dict:
@@ -127,9 +146,14 @@ def run(args: argparse.Namespace) -> Dict:
     y_train = encode_labels(train.labels, names, "--train")
     y_valid = encode_labels(valid.labels, names, "--valid")
     train_docs, valid_docs = [ngrams(t) for t in train.texts], [ngrams(t) for t in valid.texts]
-    held_out = choose_l2(train_docs, y_train, num_classes, args) if len(args.l2) > 1 else {args.l2[0]: math.nan}
-    l2 = max(held_out, key=lambda value: (held_out[value], value))  # ties: the larger penalty, the simpler model
-    metrics, num_features = train_and_score((train_docs, y_train), (valid_docs, y_valid), num_classes, l2, args)
+    search = len(args.l2) > 1
+    # The fits are the long part (minutes on SST-2's 67k texts): one bar over all of them, in L-BFGS evaluations.
+    fits = len(args.l2) + 1 if search else 1
+    with tqdm(total=fits * args.max_iter, desc=f"fit x{fits}", unit="eval", file=sys.stderr, dynamic_ncols=True) as bar:
+        held_out = choose_l2(train_docs, y_train, num_classes, args, bar) if search else {args.l2[0]: math.nan}
+        l2 = max(held_out, key=lambda value: (held_out[value], value))  # ties: the larger penalty, the simpler model
+        metrics, num_features = train_and_score((train_docs, y_train), (valid_docs, y_valid), num_classes, l2, args,
+                                                bar)  # fmt: skip
     return {
         "train": args.train, "valid": args.valid, "train_size": len(train_docs), "valid_size": len(valid_docs),
         "labels": names, "features": num_features, "feature_kind": args.features, "l2": l2,

@@ -69,6 +69,29 @@ def test_cli_without_mask_is_one_line(exported, capsys):
     assert stop.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
+def test_file_lines_without_mask_are_skipped_with_a_warning(exported, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a man <mask> .\nno mask on line two\n\nthe <mask> .\n<MASK> is not it either\n")
+    fill_mask_cli.main([str(exported), "--file", str(texts), "--json"])
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(line["text"], line["line"]) for line in lines] == [("a man <mask> .", 1), ("the <mask> .", 4)]
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("linformer-fill-mask: warning: ") for w in warnings)
+    assert "line 2 has no <mask>" in warnings[0] and "line 5 has no <mask>" in warnings[1]
+
+
+def test_file_with_no_fillable_line_fails(exported, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("nothing here\nnor here\n")
+    with pytest.raises(SystemExit) as stop:
+        fill_mask_cli.main([str(exported), "--file", str(texts)])
+    err = capsys.readouterr().err.splitlines()
+    assert stop.value.code == 2 and len(err) == 3 and "none of its 2 non-blank line(s) has a <mask>" in err[-1]
+    fill_mask_cli.main([str(exported), "a man <mask> .", "--file", str(texts), "--json"])  # a text to fill: status 0
+    assert [json.loads(x)["text"] for x in capsys.readouterr().out.splitlines()] == ["a man <mask> ."]
+
+
 def test_mask_takes_the_space_before_it_in_prompts_only(tmp_path):
     tokenizer = train_tokenizer(["the cat sat on the mat ."] * 50, vocab_size=300, min_frequency=1)
     path = tmp_path / "tokenizer.json"

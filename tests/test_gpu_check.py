@@ -21,6 +21,7 @@ def load_gpu_check():
     return module
 
 
+@pytest.mark.slow
 def test_dry_run_records_every_step_with_its_numbers(cache_dir, tmp_path):
     out = tmp_path / "check"
     command = [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--cache-dir", str(cache_dir)]

@@ -101,6 +101,7 @@ torch.save({"logits": logits, "tokens": tokens}, out_file)
 """
 
 
+@pytest.mark.slow
 def test_export_loads_without_linformer_pt(exported, ours, tmp_path):
     """The export's code imports only torch and transformers: no linformer-pt needed where it is loaded."""
     tokens, padding_mask = ours.tokenize(TEXTS)
@@ -113,3 +114,24 @@ def test_export_loads_without_linformer_pt(exported, ours, tmp_path):
     with torch.no_grad():
         assert torch.equal(theirs["logits"], ours(tokens, padding_mask))
     assert theirs["tokens"] == [p["token"] for p in ours.fill_mask([TEXTS[0]], top_k=5)[0][0]]
+
+
+def test_trainer_fine_tunes_an_export(exported, tmp_path):
+    """transformers' Trainer (it needs accelerate, in the [hf] extra) trains an export's encoder and new head."""
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs pip install 'linformer-pt[hf]'")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported, trust_remote_code=True)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(exported, trust_remote_code=True, num_labels=2)
+    texts = ["a man saw one red car .", "the quick brown fox jumps over the lazy dog ."] * 4
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    dataset = [{"input_ids": batch["input_ids"][i], "attention_mask": batch["attention_mask"][i], "labels": i % 2}
+               for i in range(len(texts))]  # fmt: skip
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "trainer"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
+        use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    result = transformers.Trainer(model=model, args=args, train_dataset=dataset).train()
+    assert result.global_step == 3 and torch.isfinite(torch.tensor(result.training_loss))
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert any("classification_head" in name for name in changed)
+    assert any("classification_head" not in name for name in changed)  # gradients reach the encoder too

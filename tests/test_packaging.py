@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
@@ -16,6 +18,7 @@ print(cfg.model.k, cfg.optimization.max_update)
 """
 
 
+@pytest.mark.slow
 def test_wheel_ships_configs_and_composes(tmp_path):
     source, wheels, target = tmp_path / "src", tmp_path / "wheels", tmp_path / "site"
     # Build from a copy: setuptools leaves a build/ folder in the tree it builds.

@@ -17,6 +17,7 @@ def cli(entry: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_preprocess_reuses_rebuilds_and_trains(cache_dir, tmp_path):
     corpus = tmp_path / "plays.txt"
     shutil.copy(SHAKESPEARE, corpus)
@@ -47,6 +48,7 @@ def test_preprocess_reuses_rebuilds_and_trains(cache_dir, tmp_path):
     assert "vocabulary 1000" in train.stdout
 
 
+@pytest.mark.slow
 def test_shards_of_another_tokenizer_or_unfinished_are_refused(cache_dir, tmp_path):
     out = tmp_path / "shards"
     out.mkdir()

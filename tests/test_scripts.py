@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,7 @@ def test_plot_metrics_draws_a_png_from_run_folders(tmp_path):
     assert bad.returncode == 2 and "no metrics.jsonl at" in bad.stderr
 
 
+@pytest.mark.slow
 def test_bow_baseline_separates_a_toy_sentiment_set(tmp_path):
     good = ["a great film", "great acting and a fine story", "fine , truly great"]
     bad = ["a dull film", "dull acting", "awful and dull story"]
@@ -38,6 +41,9 @@ def test_bow_baseline_separates_a_toy_sentiment_set(tmp_path):
     results = json.loads(out.read_text())
     assert results["valid_accuracy"] == 1.0 and results["valid_f1"] == 1.0 and results["train_size"] == 36
     assert "dev accuracy  1.0000" in result.stdout
+    # One progress bar over the 5 fits (4 penalties searched, then the final fit) of 300 L-BFGS evaluations each.
+    bar = result.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("fit x5: 100%") and "1500/1500" in bar and "eval/s" in bar, result.stderr[-300:]
     bad_run = subprocess.run([sys.executable, str(script), "--train", str(tmp_path / "train.tsv"), "--valid",
                               str(tmp_path / "dev.tsv"), "--label-column", "stars"], capture_output=True, text=True)  # fmt: skip
     assert bad_run.returncode == 2 and "has no column 'stars'" in bad_run.stderr.strip()

@@ -7,22 +7,37 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from linformer_pt.cli.common import one_line_errors
+from linformer_pt.data.tokenizer import MASK
 from linformer_pt.errors import UserError
 
 PROG = "linformer-fill-mask"
 
 
-def read_texts(texts: List[str], file: Optional[str]) -> List[str]:
-    """The texts given, then the non-blank lines of --file."""
-    out = list(texts)
+def read_texts(texts: List[str], file: Optional[str]) -> List[Tuple[str, Optional[int]]]:
+    """(text, line number in --file or None) for the texts given, then the non-blank lines of --file.
+
+    A --file line without <mask> is skipped with a warning naming its line, so one bad line does not cost the others;
+    a text given on the command line must have one (the model raises the usual one-line error otherwise).
+    """
+    out: List[Tuple[str, Optional[int]]] = [(text, None) for text in texts]
     if file:
         path = Path(file).expanduser()
         if not path.is_file():
             raise UserError(f"--file {file}: no such file")
-        out += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        skipped = 0
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if MASK not in line:
+                print(f"{PROG}: warning: --file {file} line {number} has no {MASK}; skipped", file=sys.stderr)
+                skipped += 1
+                continue
+            out.append((line.strip(), number))
+        if skipped and not out:
+            raise UserError(f"--file {file}: none of its {skipped} non-blank line(s) has a {MASK}; nothing to fill")
     if not out:
         raise UserError("no text given; pass texts with <mask> or --file with one text per line")
     return out
@@ -46,9 +61,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         model = load_any(args.model, last=False)
         for start in range(0, len(texts), args.batch_size):
             batch = texts[start : start + args.batch_size]
-            for text, masks in zip(batch, model.fill_mask(batch, args.top_k)):
+            for (text, line), masks in zip(batch, model.fill_mask([text for text, _ in batch], args.top_k)):
                 if args.json:
-                    print(json.dumps({"text": text, "masks": masks}), flush=True)
+                    # "line" ties an output to its --file line, since lines without <mask> are skipped.
+                    record = {"text": text, "masks": masks} if line is None else {"text": text, "line": line, "masks": masks}
+                    print(json.dumps(record), flush=True)
                     continue
                 print(text)
                 for number, predictions in enumerate(masks, 1):

@@ -56,6 +56,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc to read the mapped size")
 def test_preprocessing_a_corpus_runs_in_memory_far_below_its_size(tmp_path, tokenizer_file):
     corpus = copies(tmp_path / "plays.txt", 12)
