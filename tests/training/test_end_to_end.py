@@ -45,6 +45,7 @@ def test_tiny_run_learns_and_its_checkpoint_reloads(tiny_overrides, tmp_path):
     assert abs(loss_sum / masked - summary["final_valid"]["loss"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_init_from_a_checkpoint_at_a_longer_max_positions(tiny_overrides, tmp_path):
     first = run(compose_config(tiny_overrides + ["optimization.max_update=30"]), tmp_path / "first")
     longer = tiny_overrides + [

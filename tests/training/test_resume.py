@@ -109,6 +109,7 @@ def assert_same_run(resumed: Path, reference_dir: Path) -> None:
     assert params_hash(resumed) == params_hash(reference_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["optimization.update_freq=2", "dataset.batch_size=8", "dataset.num_workers=1"],
     ["trainer.precision=bf16"],
@@ -128,6 +129,7 @@ def test_kill_9_at_any_point_then_rerun_equals_an_uninterrupted_run(overrides, e
     assert_same_run(run_dir, ref)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_update_boundary_exits_75_and_resumes_exactly(overrides, tmp_path):
     # log_interval=3: a stop between two log records must not change the averages the resumed run logs.
     args = overrides + ["checkpoint.save_interval_updates=0", "checkpoint.save_interval_minutes=0",
@@ -176,6 +178,7 @@ def test_a_signal_where_a_validation_is_due_leaves_it_to_the_resumed_run(overrid
     assert resumed["best_valid"] == uninterrupted["best_valid"]
 
 
+@pytest.mark.slow
 def test_two_processes_resume_on_one_at_the_same_global_batch(overrides, tmp_path):
     args = overrides + ["model.dropout=0", "model.attention_dropout=0"]
     ref = reference(args + ["dataset.batch_size=16"], tmp_path)
@@ -207,6 +210,7 @@ def children(pid: int) -> List[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_a_signal_that_reaches_one_process_stops_every_process_at_the_same_update(overrides, tmp_path):
     """Each process has its own clock and signal handlers; the stop decision is still one decision."""
     run_dir = tmp_path / "one_signalled"

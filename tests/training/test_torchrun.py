@@ -15,6 +15,7 @@ def train_records(run_dir: Path) -> list:
     return [json.loads(line) for line in lines if '"train"' in line]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "fsdp"])
 def test_two_processes_match_one_process_at_double_batch(backend, cache_dir, tmp_path):
     common = [
