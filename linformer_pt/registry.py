@@ -5,6 +5,7 @@ in the group, so `--help` lists only real options), so YAML presets can extend i
 (`defaults: [/model_linformer_roberta_schema]`) and overrides are type-checked on composition.
 """
 import difflib
+import importlib
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Iterable, Type
 
@@ -41,9 +42,16 @@ def build_dataclass(prefix: str, cls: Type, values: Dict[str, Any]) -> Any:
 class Registry:
     """A named family of components (e.g. models) whose members are chosen by `cfg.<group>.name`."""
 
-    def __init__(self, group: str) -> None:
-        self.group = group
+    def __init__(self, group: str, members: str) -> None:
+        """`members`: the package whose import registers this family (imported on the first lookup)."""
+        self.group, self.members = group, members
         self._entries: Dict[str, Entry] = {}
+
+    def _loaded(self) -> Dict[str, Entry]:
+        """The entries, after importing `members`: a lookup must not depend on what the caller happened to import
+        (linformer-export once found no tasks because only linformer-train imported linformer_pt.tasks)."""
+        importlib.import_module(self.members)  # a dictionary lookup once imported
+        return self._entries
 
     def register(self, name: str, config: Type) -> Callable[[Any], Any]:
         """Decorator: register `cls` under `name` with its config dataclass `config`."""
@@ -58,11 +66,11 @@ class Registry:
         return decorator
 
     def names(self) -> list:
-        return sorted(self._entries)
+        return sorted(self._loaded())
 
     def get(self, name: str) -> Entry:
         """The entry for `name`, or a UserError listing the known names."""
-        if name not in self._entries:
+        if name not in self._loaded():
             raise UserError(self._unknown(name))
         return self._entries[name]
 
@@ -73,7 +81,7 @@ class Registry:
         if not isinstance(cfg, dict):
             return cfg
         name = cfg.get("name", "")
-        if name not in self._entries:
+        if name not in self._loaded():
             raise UserError(f"{self.group}.name: {self._unknown(name)}")
         return build_dataclass(self.group, self._entries[name].config_class, cfg)
 
@@ -86,10 +94,10 @@ def schema_name(group: str, name: str) -> str:
     return f"{group}_{name}_schema"
 
 
-MODELS = Registry("model")
-TASKS = Registry("task")
-OPTIMIZERS = Registry("optim")
-LR_SCHEDULERS = Registry("lr_scheduler")
+MODELS = Registry("model", "linformer_pt.models")
+TASKS = Registry("task", "linformer_pt.tasks")
+OPTIMIZERS = Registry("optim", "linformer_pt.training.optim")
+LR_SCHEDULERS = Registry("lr_scheduler", "linformer_pt.training.optim")
 
 register_model = MODELS.register
 register_task = TASKS.register

@@ -37,7 +37,11 @@ def staged_folder(folder: Path, marker: str) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
+        mask = current_umask()
         for path in stage.iterdir():
+            # Writers may create files 0600 (safetensors writes through a private temporary file): an export is
+            # shared like any file the user writes, so each gets the mode a plain open() would give it.
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
             fsync_path(path)
         if not folder.exists():
             os.rename(stage, folder)
@@ -46,6 +50,13 @@ def staged_folder(folder: Path, marker: str) -> Iterator[Path]:
         fsync_path(folder.parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # only still there when something above failed
+
+
+def current_umask() -> int:
+    """The process's umask (os.umask can only be read by setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_dead_stages(folder: Path) -> None:

@@ -21,12 +21,13 @@ import linformer_pt.training  # noqa: F401  (registers optimizers and schedules)
 from linformer_pt.config import TrainConfig, load_config
 from linformer_pt.cli.common import check_command_line, check_group_options, one_line_errors
 from linformer_pt.cli.console import tee_console
+from linformer_pt.cli.preflight import check_input_paths, rerun_of_finished
 from linformer_pt.errors import RunInterrupted, UserError
 from linformer_pt.models.loading import load_weights
 from linformer_pt.training.checkpoint import load_checkpoint
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
-from linformer_pt.training.resume import find_checkpoint
+from linformer_pt.training.resume import check_run_folder_free, find_checkpoint, run_folder_lock
 from linformer_pt.training.summary import failure_summary, finished_summary, run_summary, write_summary
 from linformer_pt.training.trainer import Trainer, resolve_device
 
@@ -198,8 +199,12 @@ def check_same_tokenizer(checkpoint: Dict[str, Any], tokenizer_sha256: str, path
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    with tee_console(output_dir / "train.log", enabled=world_from_env().is_main), one_line_errors("linformer-train"):
-        summary = run(cfg, output_dir, hydra_cfg.job.override_dirname, list(hydra_cfg.overrides.task))
+    is_main = world_from_env().is_main
+    # The folder's lock before its train.log: a run refused because another one uses the folder appends nothing.
+    # (Trainer.fit takes the same lock again; within one process that is a no-op.)
+    with one_line_errors("linformer-train"), run_folder_lock(output_dir, is_main):
+        with tee_console(output_dir / "train.log", enabled=is_main), one_line_errors("linformer-train"):
+            summary = run(cfg, output_dir, hydra_cfg.job.override_dirname, list(hydra_cfg.overrides.task))
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise
 
 
@@ -221,14 +226,28 @@ def torchrun_overrides(argv: List[str]) -> List[str]:
 
 
 def validate(cfg: DictConfig, remote: bool) -> None:
-    """load_config a composed job; jobs a launcher sends to other machines skip the check of this one's devices."""
-    load_config(cfg, check_devices=not remote)
+    """load_config a composed job and check the files it reads; jobs a launcher sends to other machines skip the
+    checks of this one (its CUDA devices, its files)."""
+    config = load_config(cfg, check_devices=not remote)
+    if not remote:
+        check_input_paths(cfg, config)
+
+
+def check_run_folder(cfg: DictConfig, folder: Path) -> None:
+    """Before Hydra writes into a named run folder: refuse one another run is using, and stop a rerun that would
+    train nothing (a finished run, unchanged) without rewriting its files."""
+    if world_from_env().is_main:  # under torchrun, rank 0 may already hold the lock when the others look
+        check_run_folder_free(folder)
+    done = rerun_of_finished(cfg, folder)
+    if done is not None:
+        already_finished(done, folder, world_from_env().is_main)
+        sys.exit(0)
 
 
 def main() -> None:
     check_group_options("linformer-train", CONFIG_GROUPS)
     sys.argv += torchrun_overrides(sys.argv[1:])
-    check_command_line("linformer-train", "train", sys.argv[1:], validate)
+    check_command_line("linformer-train", "train", sys.argv[1:], validate, check_run_folder)
     hydra_main()
 
 
