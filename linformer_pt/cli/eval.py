@@ -4,6 +4,12 @@ The masks are the validation ones (a pure function of seed, epoch 1 and sample i
 between models and runs. The corpus is chosen with linformer-train's dataset overrides (`dataset=text
 dataset.valid_files=[a.txt]`), or `eval_files=[a.txt,b.txt]`; without any, a run's own validation set. The tokenizer
 is always the model's own. The result is one JSON line on stdout; the progress bar goes to stderr.
+
+Which samples: on a run's own data, those its validations scored (its dataset.max_valid_tokens subset, or for a
+streamed run the same head of the stream), so the loss is the run's last validation's (checkpoint_last.pt, --last)
+to float rounding; `dataset.max_valid_tokens=0` scores the whole validation set instead, another value another
+subset. A corpus named by eval_files or dataset overrides is scored whole unless dataset.max_valid_tokens is given.
+The JSON's "valid_set" says which set was used.
 """
 import argparse
 import json
@@ -11,7 +17,7 @@ import math
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,7 @@ from linformer_pt.config import DatasetConfig, TrainConfig, load_config
 from linformer_pt.errors import UserError
 
 PROG = "linformer-eval"
+BUDGET = "dataset.max_valid_tokens"  # the one dataset key that keeps a run's own dataset: it chooses its subset
 
 
 def eval_overrides(overrides: List[str], task: Dict[str, Any], seed: int) -> List[str]:
@@ -50,20 +57,52 @@ def eval_config(model: Any, overrides: List[str]) -> TrainConfig:
     extra = model.extra
     composed = compose("train", eval_overrides(overrides, extra.get("task", {}), int(extra.get("seed", 1))))
     config = load_config(composed)
-    touches_dataset = any(override_key(o).split(".")[0] in ("dataset", "eval_files") for o in overrides)
+    keys = [override_key(o) for o in overrides]
+    budget_given = BUDGET in keys
     run_cfg = getattr(model, "run_cfg", None)
-    if not touches_dataset:
-        if run_cfg is None:
-            raise UserError(
-                "an exported model carries no dataset: name one, e.g. eval_files=[test.txt] or "
-                "dataset=text dataset.train_files=[...] dataset.valid_files=[test.txt]"
-            )
-        from linformer_pt.registry import build_dataclass
+    if not own_data(overrides):
+        check_eval_files(config, "eval_files" in keys)
+        if not budget_given:  # a named corpus is scored whole
+            config.dataset.max_valid_tokens = 0
+        return config
+    if run_cfg is None:
+        raise UserError(
+            "an exported model carries no dataset: name one, e.g. eval_files=[test.txt] or "
+            "dataset=text dataset.train_files=[...] dataset.valid_files=[test.txt]"
+        )
+    from linformer_pt.registry import build_dataclass
 
-        config.dataset = build_dataclass("dataset", DatasetConfig, run_cfg["dataset"])
-    if config.dataset.streaming:
-        config.dataset.streaming = False  # eval reads a tokenized, cached copy: a fixed set with fixed masks
+    budget = config.dataset.max_valid_tokens  # the user's, when given
+    config.dataset = build_dataclass("dataset", DatasetConfig, run_cfg["dataset"])
+    if budget_given:
+        config.dataset.max_valid_tokens = budget
+    elif BUDGET.split(".")[1] not in run_cfg["dataset"]:  # a run from before the budget validated on the whole set
+        config.dataset.max_valid_tokens = 0
     return config
+
+
+def own_data(overrides: List[str]) -> bool:
+    """Whether eval reads the run's own dataset: no override names another (dataset.max_valid_tokens does not)."""
+    keys = [override_key(o) for o in overrides]
+    return not any(key.split(".")[0] in ("dataset", "eval_files") for key in keys if key != BUDGET)
+
+
+def check_eval_files(config: TrainConfig, given: bool) -> None:
+    """eval_files fill dataset.train_files and valid_files: a bad one is named as eval_files, not as those."""
+    if given:
+        from linformer_pt.data.sources import expand_paths
+
+        expand_paths(config.dataset.valid_files, "eval_files", config.dataset.file_glob)
+
+
+def valid_set(config: TrainConfig, run_budget: Optional[int]) -> str:
+    """What the JSON's "valid_set" says: the whole validation set, or which subset (the run's: run_budget's)."""
+    budget = config.dataset.max_valid_tokens
+    if not budget:
+        return "the whole validation set"
+    kind = "streamed validation head" if config.dataset.streaming else "validation subset"
+    whose = "the run's" if budget == run_budget else "a"
+    return f"{whose} {kind} ({BUDGET}={budget})"
 
 
 def eval_corpus(config: TrainConfig, tokenizer_path: Path) -> Any:
@@ -82,50 +121,68 @@ def eval_corpus(config: TrainConfig, tokenizer_path: Path) -> Any:
     return cached_corpus(data.cache_dir, source, tokenizer_path, tokenizer, tokenizer.token_to_id(EOS))
 
 
-@torch.no_grad()
-def evaluate(model: Any, config: TrainConfig, device: torch.device, progress: bool = True) -> Dict[str, Any]:
-    """Summed cross-entropy over the masked tokens of the validation-style iterator, as the trainer's validate()."""
-    from tqdm import tqdm
-
+def eval_batches(model: Any, config: TrainConfig) -> Tuple[Iterator[Dict[str, torch.Tensor]], Optional[int]]:
+    """The validation batches the run's validate() reads (its subset or stream head, its masks), and how many
+    there are (None when streamed: unknown before the end)."""
     from linformer_pt.data.batching import EpochBatchIterator
     from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
+    from linformer_pt.data.streaming import StreamingBatchIterator
     from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, load_tokenizer, special_mask, word_begins
+    from linformer_pt.tasks.masked_lm import streamed_valid, valid_subset
 
-    t = config.task
-    if t.tokens_per_sample > model.cfg.max_positions:
-        raise UserError(f"task.tokens_per_sample={t.tokens_per_sample} exceeds the model's max_positions={model.cfg.max_positions}")
+    t, data, seed = config.task, config.dataset, config.common.seed
     tokenizer = load_tokenizer(model.tokenizer_path)
     ids = {name: tokenizer.token_to_id(tok) for name, tok in (("bos", BOS), ("pad", PAD), ("eos", EOS), ("mask", MASK))}
+    begins = word_begins(tokenizer) if t.mask_whole_words else None
+    if data.streaming:  # the run streamed its validation: read the same stream head, not a cached copy
+        stream = streamed_valid(config, tokenizer, ids, special_mask(tokenizer), begins)
+        iterator = StreamingBatchIterator(stream, data.batch_size, 0)
+        return iterator.epoch_iter(), None
     masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
-    dataset = MaskedLMDataset(
-        eval_corpus(config, model.tokenizer_path), t.tokens_per_sample, t.sample_break_mode, masking, ids,
-        special_mask(tokenizer), config.common.seed, word_begins(tokenizer) if t.mask_whole_words else None,
-    )  # fmt: skip
+    full = MaskedLMDataset(eval_corpus(config, model.tokenizer_path), t.tokens_per_sample, t.sample_break_mode,
+                           masking, ids, special_mask(tokenizer), seed, begins)  # fmt: skip
+    dataset = valid_subset(full, data.max_valid_tokens, seed)
     if len(dataset) == 0:
         raise UserError("the evaluation corpus is empty")
-    batches = EpochBatchIterator(dataset, config.dataset.batch_size, partial(collate, pad_id=ids["pad"]),
-                                 config.common.seed, shuffle=False, num_workers=config.dataset.num_workers)  # fmt: skip
-    steps = math.ceil(len(dataset) / config.dataset.batch_size)
+    batches = EpochBatchIterator(dataset, data.batch_size, partial(collate, pad_id=ids["pad"]), seed,
+                                 shuffle=False, num_workers=data.num_workers)  # fmt: skip
+    return batches.epoch_iter(), math.ceil(len(dataset) / data.batch_size)
+
+
+@torch.no_grad()
+def evaluate(model: Any, config: TrainConfig, device: torch.device, progress: bool = True) -> Dict[str, Any]:
+    """Summed cross-entropy over the masked tokens of the validation batches, as the trainer's validate()."""
+    from tqdm import tqdm
+
+    if config.task.tokens_per_sample > model.cfg.max_positions:
+        raise UserError(f"task.tokens_per_sample={config.task.tokens_per_sample} exceeds the model's "
+                        f"max_positions={model.cfg.max_positions}")  # fmt: skip
+    batches, steps = eval_batches(model, config)
     model.to(device).eval()
-    loss_sum, masked, tokens = 0.0, 0, 0
-    for batch in tqdm(batches.epoch_iter(), total=steps, desc="eval", disable=not progress, file=sys.stderr):
+    loss_sum, masked, tokens, samples = 0.0, 0, 0, 0
+    for batch in tqdm(batches, total=steps, desc="eval", disable=not progress, file=sys.stderr):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(batch["tokens"], batch["padding_mask"], batch["masked_positions"])
         loss_sum += F.cross_entropy(logits.float(), batch["targets"], reduction="sum").item()
         masked += int(batch["targets"].numel())
         tokens += int((~batch["padding_mask"]).sum())
+        samples += len(batch["tokens"])
+    if samples == 0:
+        raise UserError("the evaluation corpus is empty")
     loss = loss_sum / max(masked, 1)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": masked, "tokens": tokens,
-            "samples": len(dataset), "seed": config.common.seed}  # fmt: skip
+            "samples": samples, "seed": config.common.seed}  # fmt: skip
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a run folder, a checkpoint .pt file, or a linformer-export folder")
-    parser.add_argument("overrides", nargs="*", help="linformer-train overrides (dataset=..., task.*, common.*) or eval_files=[...]")
+    parser.add_argument("overrides", nargs="*", help="linformer-train overrides (dataset=..., task.*, common.*) or "
+                        "eval_files=[...]; dataset.max_valid_tokens=0: a run's whole validation set")
     parser.add_argument("--last", action="store_true", help="a run folder's checkpoint_last.pt instead of checkpoint_best.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # intermixed: options may follow the model and the overrides (`linformer-eval RUN eval_files=[a] --last`)
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     with one_line_errors(PROG):
         from linformer_pt.hub import load_any
         from linformer_pt.training.trainer import resolve_device
@@ -133,6 +190,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         model = load_any(args.model, args.last)
         config = eval_config(model, args.overrides)
         result = evaluate(model, config, resolve_device(config.common.device), progress=not args.no_progress)
+        run_cfg = getattr(model, "run_cfg", None)
+        own_budget = run_cfg["dataset"].get("max_valid_tokens", 0) if run_cfg and own_data(args.overrides) else None
+        result["valid_set"] = valid_set(config, own_budget)
         result["model"] = str(args.model)
     print(json.dumps(result), flush=True)
 

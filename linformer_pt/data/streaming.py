@@ -3,7 +3,8 @@
 Each (DDP rank, DataLoader worker) slot reads a disjoint part of the records (stream_reader), packs it by the break
 mode as blocks.py packs a shard (a record is a document, a line a sentence) and masks sample i with a generator seeded
 by (seed, epoch, rank, worker, i). Every sample carries its stream's state, so StreamingBatchIterator can save a
-position and resume there without reading what came before.
+position and resume there without reading what came before. Validation reads one stream instead (rank 0 of 1,
+worker 0, cut at a token budget) and shares its samples out: the same set and masks for any process count.
 """
 import csv
 import itertools
@@ -88,6 +89,8 @@ class StreamingMaskedLM(IterableDataset):
         key: str = "dataset.train_files",
         file_glob: str = "*",
         break_mode: str = "none",
+        max_tokens: int = 0,
+        share: Tuple[int, int] = (0, 1),
     ) -> None:
         if tokens_per_sample < 2:
             raise UserError(f"task.tokens_per_sample={tokens_per_sample} must be >= 2")
@@ -108,6 +111,9 @@ class StreamingMaskedLM(IterableDataset):
         self.rank, self.world_size, self.word_begins = rank, world_size, word_begins
         self.shuffle_buffer = shuffle_buffer
         self.encoding_errors = encoding_errors
+        # Validation: one stream (rank 0 of 1) cut after max_tokens (0: none), of which this process keeps samples
+        # share[0], share[0] + share[1], ...: the same samples and masks for any number of processes.
+        self.max_tokens, self.share = max_tokens, share
         self.epoch = 0
         for path in self.paths:
             _check_columns(path, text_field)
@@ -154,7 +160,27 @@ class StreamingMaskedLM(IterableDataset):
     def stream(
         self, worker: int, num_workers: int, state: Optional[StreamState] = None
     ) -> Iterator[Tuple[Sample, StreamState]]:
-        """Worker `worker`'s samples, each with its stream's state after it, from `state` (None: the epoch's start).
+        """Worker `worker`'s samples, each with its stream's state after it, from `state` (None: the epoch's start);
+        with max_tokens or share (validation), only the samples of the stream's head that this process keeps."""
+        samples = self._packed(worker, num_workers, state)
+        if not self.max_tokens and self.share == (0, 1):
+            yield from samples
+            return
+        if state is not None and state["number"]:
+            raise ValueError("a token budget or share counts from the start of the stream, not from a saved state")
+        rank, world_size = self.share
+        seen = 0  # tokens of the stream's samples so far, every process's: the budget is the whole set's
+        for sample, after in samples:
+            if (after["number"] - 1) % world_size == rank:
+                yield sample, after
+            seen += len(sample["targets"])
+            if self.max_tokens and seen >= self.max_tokens:  # just past the budget, as ValidSubset
+                return
+
+    def _packed(
+        self, worker: int, num_workers: int, state: Optional[StreamState] = None
+    ) -> Iterator[Tuple[Sample, StreamState]]:
+        """All of worker `worker`'s samples, each with its stream's state after it, from `state` (None: the start).
 
         A state is where the reader stands after the last record that the sample used tokens of, plus those of
         that record's tokens not yet cut into a block (and their unit lengths), plus the sample counter: it never

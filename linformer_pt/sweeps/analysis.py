@@ -9,12 +9,16 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from linformer_pt.sweeps.labels import override_key
+from linformer_pt.sweeps.labels import differing_labels, override_key
 from linformer_pt.sweeps.runs import Run, format_k
 
 # Keys that do not change what a run learns (where it writes, what it logs, how data is fed to it):
 # runs that differ only in these and the seed are repeats of one setting.
 NOT_SETTING = ("common.seed", "logging", "checkpoint", "dataset.cache_dir", "dataset.num_workers")
+# Keys that make a run Linformer or standard attention, or shape only the projections.
+ATTENTION_KEYS = ("model.attention", "model.k", "model.compressed", "model.sharing", "model.projection",
+                  "model.projection_init", "model.freeze_projections")  # fmt: skip
+LENGTH_KEYS = ("task.tokens_per_sample", "model.max_positions")  # n, which legends and facts name on their own
 
 
 @dataclass
@@ -70,6 +74,32 @@ def setting_key(run: Run, ignored: Sequence[str] = NOT_SETTING) -> str:
         if isinstance(node, dict):
             node.pop(last, None)
     return json.dumps(config, sort_keys=True, default=str)
+
+
+def comparable_key(run: Run) -> str:
+    """The run's config without its attention and NOT_SETTING keys: runs with equal keys differ in attention only
+    (same data, batch, schedule and budget), so only they are compared."""
+    return setting_key(run, NOT_SETTING + ATTENTION_KEYS)
+
+
+def flat_config(node: Any, prefix: str = "") -> Dict[str, Any]:
+    """A nested config as {dotted key: value}."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: Dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(flat_config(value, f"{prefix}{key}."))
+    return {key.rstrip("."): value for key, value in out.items()}
+
+
+def comparison_labels(groups: Sequence[Run]) -> List[str]:
+    """For runs standing for different comparable groups: what sets each group apart (e.g.
+    `optimization.max_update=3600`), apart from attention and n; '' for all when that is nothing."""
+    ignored = NOT_SETTING + ATTENTION_KEYS + LENGTH_KEYS
+    items = [[f"{key}={json.dumps(value, default=str)}" for key, value in flat_config(run.config).items()
+              if not any(key == k or key.startswith(k + ".") for k in ignored)] for run in groups]  # fmt: skip
+    labels = differing_labels(items, [""] * len(groups))
+    return labels if any(labels) else [""] * len(groups)
 
 
 def settings(runs: Sequence[Run]) -> List[Setting]:
@@ -137,15 +167,48 @@ def series_name(setting: Setting, vary: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+def group_labels(all_settings: Sequence[Setting]) -> Dict[str, str]:
+    """comparable_key -> what sets its group apart from the others at the same n (see comparison_labels)."""
+    groups: Dict[str, Run] = {}
+    for setting in all_settings:
+        groups.setdefault(comparable_key(setting.first), setting.first)
+    labels: Dict[str, str] = {}
+    for n in {run.n for run in groups.values()}:
+        keys = [key for key, run in groups.items() if run.n == n]
+        labels.update(zip(keys, comparison_labels([groups[key] for key in keys])))
+    return labels
+
+
 def linformer_series(runs: Sequence[Run]) -> Dict[str, List[Setting]]:
-    """Linformer settings with one k for all layers, per sharing scheme (and projection, n when they vary), by k."""
-    linformer = [s for s in settings(runs) if s.first.attention == "linformer" and s.first.ks and len(s.first.ks) == 1]
+    """Linformer settings with one k for all layers, per sharing scheme (and projection, n when they vary) and
+    comparable group (other data or budget: another series, named by what differs), by k."""
+    all_settings = settings(runs)
+    labels = group_labels(all_settings)
+    linformer = [s for s in all_settings if s.first.attention == "linformer" and s.first.ks and len(s.first.ks) == 1]
     vary = [name for name, value in (("projection", lambda r: r.setting("model.projection")), ("n", lambda r: r.n))
             if len({value(s.first) for s in linformer}) > 1]  # fmt: skip
     series: Dict[str, List[Setting]] = {}
     for setting in linformer:
-        series.setdefault(series_name(setting, vary), []).append(setting)
+        label = labels[comparable_key(setting.first)]
+        series.setdefault(series_name(setting, vary) + (f", {label}" if label else ""), []).append(setting)
     return {name: sorted(group, key=lambda s: s.first.ks) for name, group in series.items()}
+
+
+def standard_references(runs: Sequence[Run]) -> List[Tuple[str, List[Setting], List[Setting]]]:
+    """(label, standard settings, Linformer settings) per comparable group holding both, by n: only runs that
+    differ in attention alone are compared (the label says what sets the group apart; '' when nothing)."""
+    all_settings = settings(runs)
+    labels = group_labels(all_settings)
+    groups: Dict[str, List[Setting]] = {}
+    for setting in all_settings:
+        groups.setdefault(comparable_key(setting.first), []).append(setting)
+    found = []
+    for key, group in sorted(groups.items(), key=lambda item: by_number(item[1][0].first.n)):
+        standard = [s for s in group if s.first.attention == "standard"]
+        linformer = [s for s in group if s.first.attention == "linformer"]
+        if standard and linformer:
+            found.append((labels[key], standard, linformer))
+    return found
 
 
 def monotone_facts(runs: Sequence[Run], noise: Optional[float]) -> List[str]:
@@ -165,19 +228,16 @@ def monotone_facts(runs: Sequence[Run], noise: Optional[float]) -> List[str]:
 
 
 def standard_vs_linformer_facts(runs: Sequence[Run], noise: Optional[float]) -> List[str]:
-    """Per n with both kinds: the best Linformer setting against standard attention, in % ppl."""
+    """Per n and comparable group (same data and budget) with both kinds: the best Linformer setting against
+    standard attention, in % ppl."""
     facts = []
-    all_settings = settings(runs)
-    for n in sorted({s.first.n for s in all_settings}, key=by_number):
-        at_n = [s for s in all_settings if s.first.n == n]
-        standard = [s for s in at_n if s.first.attention == "standard"]
-        linformer = [s for s in at_n if s.first.attention == "linformer"]
-        if not standard or not linformer:
-            continue
+    for label, standard, linformer in standard_references(runs):
+        n = standard[0].first.n
         reference = statistics.fmean(s.ppl for s in standard)
         best = min(linformer, key=lambda s: s.ppl)
         change = 100.0 * (best.ppl - reference) / reference
-        fact = (f"best Linformer vs standard attention at n={n}: {change:+.1f}% ppl "
+        where = f"n={n}, {label}" if label else f"n={n}"
+        fact = (f"best Linformer vs standard attention at {where}: {change:+.1f}% ppl "
                 f"({best.label}: {best.ppl:,.1f} vs {reference:,.1f})")  # fmt: skip
         if noise is not None and abs(change) < noise:
             fact += f"; within the seed noise ({noise:.1f}%)"

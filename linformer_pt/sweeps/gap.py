@@ -11,12 +11,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from linformer_pt.sweeps.analysis import NOT_SETTING, setting_key
+from linformer_pt.sweeps.analysis import ATTENTION_KEYS, comparable_key  # noqa: F401  (ATTENTION_KEYS: gap's API)
 from linformer_pt.sweeps.runs import Run, describe
 
-# Keys that make a run Linformer or standard attention, or shape only the projections.
-ATTENTION_KEYS = ("model.attention", "model.k", "model.compressed", "model.sharing", "model.projection",
-                  "model.projection_init", "model.freeze_projections")  # fmt: skip
 TOKEN_TOLERANCE = 0.01
 MAX_ROWS = 10  # a long run validates dozens of times: the table shows evenly spaced ones, always the last
 
@@ -48,11 +45,6 @@ class GapCurve:
     def finished(self) -> bool:
         """Whether the Linformer run and all of its reference finished (else the curve may still move)."""
         return all(run.status == "finished" for run in (self.run, *self.reference))
-
-
-def comparable_key(run: Run) -> str:
-    """The run's config without its attention and NOT_SETTING keys: runs with equal keys differ in attention only."""
-    return setting_key(run, NOT_SETTING + ATTENTION_KEYS)
 
 
 def reference_ppls(standard: Sequence[Run]) -> Dict[int, Tuple[Optional[int], float]]:
@@ -114,6 +106,8 @@ def gap_facts(runs: Sequence[Run], noise: Optional[float]) -> List[str]:
         first, middle, last = curve.points[0], curve.points[len(curve.points) // 2], curve.points[-1]
         if noise is not None and abs(last.percent - middle.percent) < noise:
             trend = "holds within the seed noise"
+        elif round(abs(last.percent), 1) == round(abs(middle.percent), 1):  # equal as printed: neither way
+            trend = "holds"
         else:
             trend = "narrows" if abs(last.percent) < abs(middle.percent) else "widens"
         fact = (f"{describe(curve.run)} vs standard attention at equal tokens: {first.percent:+.1f}% at update "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from linformer_pt.errors import UserError
-from linformer_pt.sweeps.analysis import baselines, by_number, linformer_series, settings
+from linformer_pt.sweeps.analysis import baselines, linformer_series, standard_references
 from linformer_pt.sweeps.gap import gap_curves
 from linformer_pt.sweeps.runs import Run, describe, format_k
 
@@ -109,11 +109,15 @@ def k_plot(runs: Sequence[Run], path: Path) -> Optional[Path]:
     for index, (name, group) in enumerate(series.items()):
         xs = [s.first.ks[0] for s in group]
         ax.plot(xs, [s.ppl for s in group], marker="o", markersize=4, label=name, color=colors[index % len(colors)])
-    standard = [s for s in settings(runs) if s.first.attention == "standard"]
-    for index, n in enumerate(sorted({s.first.n for s in standard}, key=by_number), start=len(series)):
-        ppl = statistics.fmean(s.ppl for s in standard if s.first.n == n)
-        ax.axhline(ppl, linestyle="--", linewidth=1, color=colors[index % len(colors)],
-                   label=f"standard attention, n={n}")  # fmt: skip
+    # A line per group of standard runs that some plotted Linformer run differs from in attention alone (same data
+    # and budget): a standard run of another budget is no reference for these k.
+    plotted = {s.first.path for group in series.values() for s in group}
+    references = [(label, standard) for label, standard, linformer in standard_references(runs)
+                  if any(s.first.path in plotted for s in linformer)]  # fmt: skip
+    for index, (label, standard) in enumerate(references, start=len(series)):
+        name = f"standard attention, n={standard[0].first.n}" + (f", {label}" if label else "")
+        ax.axhline(statistics.fmean(s.ppl for s in standard), linestyle="--", linewidth=1,
+                   color=colors[index % len(colors)], label=name)  # fmt: skip
     log2_axis(ax, [s.first.ks[0] for group in series.values() for s in group])
     ax.set(xlabel="k (projected length)", ylabel="final validation ppl", title="final ppl vs k (mean over seeds)")
     ax.grid(alpha=0.3)

@@ -5,7 +5,7 @@ The loss is cross-entropy over masked positions only; the model computes logits 
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch.nn.functional as F
@@ -53,18 +53,24 @@ class MaskedLMConfig:
         check(self.mask_multiple_length >= 1, f"task.mask_multiple_length={self.mask_multiple_length} must be >= 1")
 
 
-class ValidSubset(Dataset):
-    """A fixed subset of validation samples holding about max_tokens tokens, the same in every run.
+def budget_subset(lengths: np.ndarray, max_tokens: int, seed: int) -> np.ndarray:
+    """Sorted indices of a fixed subset of items (samples, examples) whose lengths sum to just past max_tokens.
 
-    Samples are taken in the order of a permutation seeded by `seed` alone, so the subset never depends on the
-    number of processes (the batch iterator shards it afterwards); they are kept in corpus order.
+    Items are taken in the order of a permutation seeded by `seed` alone, so the subset is the same in every run
+    and for any number of processes; all of them when they hold fewer tokens.
     """
+    order = np.random.default_rng([seed, VALID_SUBSET_STREAM]).permutation(len(lengths))
+    tokens = np.cumsum(np.asarray(lengths)[order])
+    return np.sort(order[: int(np.searchsorted(tokens, max_tokens)) + 1])
+
+
+class ValidSubset(Dataset):
+    """A fixed subset of validation samples holding about max_tokens tokens, the same in every run (budget_subset);
+    the batch iterator shards it afterwards, so it never depends on the number of processes."""
 
     def __init__(self, dataset: MaskedLMDataset, max_tokens: int, seed: int) -> None:
         self.dataset = dataset
-        order = np.random.default_rng([seed, VALID_SUBSET_STREAM]).permutation(len(dataset))
-        tokens = np.cumsum(dataset.ends[order] - dataset.starts[order] + 1)  # + 1: <s>
-        self.indices = np.sort(order[: int(np.searchsorted(tokens, max_tokens)) + 1])
+        self.indices = budget_subset(dataset.ends - dataset.starts + 1, max_tokens, seed)  # + 1: <s>
         self.num_tokens = int((dataset.ends[self.indices] - dataset.starts[self.indices] + 1).sum())
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,6 +81,30 @@ class ValidSubset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
         return self.dataset[int(self.indices[index])]  # masks seeded by the full set's index: as without a budget
+
+
+def valid_subset(full: MaskedLMDataset, max_tokens: int, seed: int) -> Union[MaskedLMDataset, ValidSubset]:
+    """What validation reads: the whole set (max_tokens 0), or its fixed subset of about max_tokens tokens."""
+    return ValidSubset(full, max_tokens, seed) if max_tokens else full
+
+
+def streamed_valid(
+    cfg: TrainConfig, tokenizer: Any, special_ids: Dict[str, int], is_special: np.ndarray,
+    word_begins: Optional[np.ndarray], rank: int = 0, world_size: int = 1,
+) -> StreamingMaskedLM:  # fmt: skip
+    """The streamed validation set: the head of the valid files up to dataset.max_valid_tokens (0: all of them),
+    read whole by every process as one stream (rank 0 of 1, so its samples and masks do not depend on the process
+    count), of which process `rank` keeps every world_size-th sample. linformer-eval reads it the same way."""
+    t, data = cfg.task, cfg.dataset
+    files: List[Any] = list(data.valid_files)
+    if data.name == "hf" and data.hf_valid_split:  # else valid_files (the config check asks for one of them)
+        files = [ArrowSplit(data.hf_name, data.hf_valid_split, data.text_field)]
+    masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
+    return StreamingMaskedLM(
+        files, data.text_field, tokenizer, special_ids, is_special, t.tokens_per_sample, masking, cfg.common.seed,
+        0, 1, word_begins, 0, data.encoding_errors, key="dataset.valid_files", file_glob=data.file_glob,
+        break_mode=t.sample_break_mode, max_tokens=data.max_valid_tokens, share=(rank, world_size),
+    )  # fmt: skip
 
 
 def data_summary(split: str, full: MaskedLMDataset, used: Dataset, iterator: EpochBatchIterator, cfg: TrainConfig) -> str:
@@ -151,16 +181,18 @@ class MaskedLMTask:
     def dataset(self, split: str, rank: int = 0, world_size: int = 1) -> Union[MaskedLMDataset, StreamingMaskedLM]:
         t, data = self.task_cfg, self.cfg.dataset
         masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
+        if data.streaming and split == "valid":
+            return streamed_valid(self.cfg, self.tokenizer, self.special_ids, self.is_special, self.word_begins,
+                                  rank, world_size)  # fmt: skip
         if data.streaming:
-            files = data.train_files if split == "train" else data.valid_files
-            hf_split = data.hf_train_split if split == "train" else data.hf_valid_split
-            if data.name == "hf" and hf_split:  # else valid_files (the config check asks for one of them)
-                files = [ArrowSplit(data.hf_name, hf_split, data.text_field)]
+            files: List[Any] = data.train_files
+            if data.name == "hf" and data.hf_train_split:
+                files = [ArrowSplit(data.hf_name, data.hf_train_split, data.text_field)]
             return StreamingMaskedLM(
                 files, data.text_field, self.tokenizer, self.special_ids, self.is_special, t.tokens_per_sample,
-                masking, self.cfg.common.seed, rank, world_size, self.word_begins,
-                data.shuffle_buffer if split == "train" else 0, data.encoding_errors, key=f"dataset.{split}_files",
-                file_glob=data.file_glob, break_mode=t.sample_break_mode,
+                masking, self.cfg.common.seed, rank, world_size, self.word_begins, data.shuffle_buffer,
+                data.encoding_errors, key="dataset.train_files", file_glob=data.file_glob,
+                break_mode=t.sample_break_mode,
             )  # fmt: skip
         return MaskedLMDataset(
             self.corpora[split], t.tokens_per_sample, t.sample_break_mode, masking, self.special_ids,
@@ -175,7 +207,15 @@ class MaskedLMTask:
         update_freq = self.cfg.optimization.update_freq if split == "train" else 1
         if data.streaming:
             dataset = self.dataset(split, rank, world_size)
-            return StreamingBatchIterator(dataset, data.batch_size, data.num_workers, update_freq)
+            if split == "train":
+                return StreamingBatchIterator(dataset, data.batch_size, data.num_workers, update_freq)
+            if rank == 0:
+                budget = data.max_valid_tokens
+                head = f"the first ~{budget:,} tokens of the stream" if budget else "the whole stream"
+                print(f"data valid: streamed from {len(dataset.paths)} file(s); validating on {head} "
+                      f"(dataset.max_valid_tokens={budget}; 0: all)", flush=True)  # fmt: skip
+            # No DataLoader workers: they would each be a stream of their own, and the set would depend on them.
+            return StreamingBatchIterator(dataset, data.batch_size, 0)
         full = self.dataset(split)
         dataset = self.valid_samples(full) if split == "valid" else full
         iterator = EpochBatchIterator(
@@ -189,8 +229,7 @@ class MaskedLMTask:
 
     def valid_samples(self, full: MaskedLMDataset) -> Union[MaskedLMDataset, ValidSubset]:
         """What validation reads: the whole set, or its fixed subset under dataset.max_valid_tokens."""
-        budget = self.cfg.dataset.max_valid_tokens
-        return ValidSubset(full, budget, self.cfg.common.seed) if budget else full
+        return valid_subset(full, self.cfg.dataset.max_valid_tokens, self.cfg.common.seed)
 
     def unigram_baseline(self) -> Optional[Dict[str, float]]:
         """The unigram ppl of exactly the masked tokens validation scores (None when streaming: no counts)."""

@@ -23,6 +23,7 @@ from linformer_pt.data.tokenizer import BOS, EOS, PAD, load_tokenizer
 from linformer_pt.errors import UserError
 from linformer_pt.models.classifier import LinformerRobertaClassifier
 from linformer_pt.registry import register_task
+from linformer_pt.tasks.masked_lm import budget_subset
 from linformer_pt.tasks.metrics import METRICS_HIGHER_IS_BETTER, classification_metrics, regression_metrics
 from linformer_pt.training.distributed import world_from_env
 
@@ -174,9 +175,18 @@ class SentencePredictionTask:
     def _encode(self, split: str, examples: LabelledExamples) -> LabelledDataset:
         ids, truncated = encode_examples(self.tokenizer, examples, self.task_cfg, self.special_ids)
         labels = encode_labels(examples.labels, self.label_names, f"dataset.{split}_files")
+        line = (f"data {split}: {len(ids):,} examples from {examples.source}; {truncated:,} truncated to "
+                f"task.tokens_per_sample={self.task_cfg.tokens_per_sample} ({self.task_cfg.truncation})")  # fmt: skip
+        budget = self.cfg.dataset.max_valid_tokens
+        if split == "valid" and budget:
+            # Whole examples, a fixed seeded choice: every validation (and every process count) scores the same ones.
+            kept = budget_subset(np.array([len(i) for i in ids]), budget, self.cfg.common.seed)
+            if len(kept) < len(ids):
+                ids, labels = [ids[i] for i in kept], labels[kept]
+                line += (f"; validating on {len(ids):,} of them ({sum(map(len, ids)):,} tokens, "
+                         f"dataset.max_valid_tokens={budget}; 0: all)")  # fmt: skip
         if world_from_env().is_main:  # what the split holds and what was cut, once per run
-            print(f"data {split}: {len(ids):,} examples from {examples.source}; {truncated:,} truncated to "
-                  f"task.tokens_per_sample={self.task_cfg.tokens_per_sample} ({self.task_cfg.truncation})", flush=True)
+            print(line, flush=True)
         return LabelledDataset(ids, labels)
 
     def batch_iterator(self, split: str, rank: int = 0, world_size: int = 1) -> EpochBatchIterator:

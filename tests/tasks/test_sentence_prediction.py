@@ -200,3 +200,27 @@ def test_fine_tuning_without_a_pretrained_model_or_tokenizer_is_refused(reviews,
     overrides = [o for o in finetune_overrides(Path("/x"), reviews) if not o.startswith("checkpoint.finetune_from")]
     with pytest.raises(UserError, match="finetune_from"):
         run(compose_config(overrides), tmp_path / "run")
+
+
+def test_validation_honours_max_valid_tokens_with_a_fixed_subset_of_whole_examples(pretrained, reviews, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    from linformer_pt.config import load_config
+    from linformer_pt.tasks.sentence_prediction import SentencePredictionTask
+
+    def task(*extra: str) -> SentencePredictionTask:
+        return SentencePredictionTask(load_config(compose_config(finetune_overrides(pretrained, reviews, extra))))
+
+    whole = task("dataset.max_valid_tokens=0").datasets["valid"]
+    subset = task("dataset.max_valid_tokens=200").datasets["valid"]
+    assert len(whole) == 80 and 0 < len(subset) < 40
+    tokens = sum(len(ids) for ids in subset.ids)
+    assert 200 <= tokens < 200 + 32  # whole examples, just past the budget
+    full = {(tuple(ids), int(label)) for ids, label in zip(whole.ids, whole.labels)}
+    assert {(tuple(ids), int(label)) for ids, label in zip(subset.ids, subset.labels)} <= full
+    again = task("dataset.max_valid_tokens=200").datasets["valid"]
+    assert [i.tolist() for i in again.ids] == [i.tolist() for i in subset.ids]  # the same in every run
+    summary = f"validating on {len(subset)} of them ({tokens} tokens, dataset.max_valid_tokens=200; 0: all)"
+    assert summary in capsys.readouterr().out
+    short = ["dataset.max_valid_tokens=200", "optimization.max_update=2", "optimization.validate_interval_updates=0"]
+    result = run(compose_config(finetune_overrides(pretrained, reviews, short)), tmp_path)
+    assert result["final_valid"]["masked"] == len(subset)  # validation scored exactly the subset's examples
