@@ -58,6 +58,7 @@ setup(
             "linformer-predict=linformer_pt.cli.predict:main",
             "linformer-average-checkpoints=linformer_pt.cli.average:main",
             "linformer-convert-checkpoint=linformer_pt.cli.convert_checkpoint:main",
+            "linformer-import=linformer_pt.cli.import_model:main",
         ],
     },
 )

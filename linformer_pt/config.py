@@ -220,8 +220,10 @@ class CheckpointConfig:
         for key in ("restore_file", "init_from", "finetune_from"):  # restore_file is looked up at resume time; "" means none
             if getattr(self, key) is not None:
                 check_text(f"checkpoint.{key}", getattr(self, key), allow_empty=True)
-        if self.init_from:
-            check(Path(self.init_from).expanduser().is_file(), f"checkpoint.init_from: no such file: {self.init_from}")
+        if self.init_from:  # a checkpoint file, or an export folder (linformer-export / linformer-import writes one)
+            init_from = Path(self.init_from).expanduser()
+            check(init_from.is_file() or (init_from / "config.json").is_file(),
+                  f"checkpoint.init_from: no such file: {self.init_from} (give a checkpoint .pt or an export folder)")
         if self.finetune_from:
             check(
                 Path(self.finetune_from).expanduser().exists(),

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from linformer_pt.data.cache import sha256_file
-from linformer_pt.data.tokenizer import BOS, EOS, MASK, MASK_TOKEN, PAD, TOKENIZER_FILE, UNK, load_tokenizer
+from linformer_pt.data.tokenizer import MASK_TOKEN, TOKENIZER_FILE, load_tokenizer, special_token_set, special_tokens
 from linformer_pt.errors import UserError
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
 from linformer_pt.models.resize import resize_for
@@ -59,10 +59,12 @@ def find_tokenizer(checkpoint_path: Path, checkpoint: Dict[str, Any]) -> Path:
 
 
 def prompt_tokenizer(path: PathLike) -> Tokenizer:
-    """A tokenizer for prompts: "<mask>" is the special token (with RoBERTa's lstrip), unlike corpus text."""
+    """A tokenizer for prompts: its mask token ("<mask>", BERT's "[MASK]") is the special token, unlike corpus text."""
     tokenizer = load_tokenizer(path)
-    # Tokenizers trained before <mask> became lstrip get it here; it changes nothing for corpus text.
-    tokenizer.add_special_tokens([MASK_TOKEN])
+    if special_token_set(tokenizer) == "roberta":
+        # Tokenizers trained before <mask> became lstrip get it here; it changes nothing for corpus text.
+        # (BERT's [MASK] needs no lstrip: its pre-tokenizer drops spaces anyway.)
+        tokenizer.add_special_tokens([MASK_TOKEN])
     tokenizer.encode_special_tokens = False
     return tokenizer
 
@@ -138,9 +140,9 @@ def refuse_fine_tuned(source: Path, task: str) -> None:
 
 
 def special_ids_in(tokenizer: Tokenizer) -> Dict[str, int]:
-    """Ids of <s>, <pad>, </s>, <unk> and <mask> in `tokenizer` (config.json records them)."""
-    names = {"bos": BOS, "pad": PAD, "eos": EOS, "unk": UNK, "mask": MASK}
-    return {key: tokenizer.token_to_id(token) for key, token in names.items()}
+    """Ids of <s>, <pad>, </s>, <unk> and <mask> (or BERT's [CLS] [PAD] [SEP] [UNK] [MASK]) in `tokenizer`
+    (config.json records them)."""
+    return {key: tokenizer.token_to_id(token) for key, token in special_tokens(tokenizer).items()}
 
 
 def write_export(
@@ -178,6 +180,7 @@ def write_export(
         "tied": tied,
         **config,
     }
+    config.setdefault("special_tokens", special_tokens(load_tokenizer(tokenizer_path)))  # for tokenizer_config.json
     config_text = json.dumps({**config, **hf_config_fields(config, architecture)}, indent=2) + "\n"
     try:
         with staged_folder(folder, CONFIG_FILE) as stage:
@@ -289,6 +292,11 @@ class LinformerForMaskedLM(LinformerRoberta):
         """Ids of <s>, <pad>, </s>, <unk> and <mask> in this model's tokenizer."""
         return special_ids_in(self.tokenizer)
 
+    @property
+    def mask_token(self) -> str:
+        """The string that marks a masked position in prompts: "<mask>", or "[MASK]" for BERT's tokenizer."""
+        return special_tokens(self.tokenizer)["mask"]
+
     def save_pretrained(self, folder: PathLike, dtype: Optional[Union[str, torch.dtype]] = None) -> List[Path]:
         """Write model.safetensors, config.json, tokenizer.json (+ transformers' files); returns the paths."""
         if self.tokenizer_path is None:
@@ -320,15 +328,16 @@ class LinformerForMaskedLM(LinformerRoberta):
 
     @torch.no_grad()
     def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> List[List[List[Dict[str, Any]]]]:
-        """For each text, for each <mask> in it, the top_k predictions: {token, token_str, score} (probabilities)."""
+        """For each text, for each mask token (<mask>) in it, the top_k predictions: {token, token_str, score} (probabilities)."""
         if isinstance(texts, str):
             texts = [texts]
         tokens, padding_mask = self.tokenize(texts)
-        masked = tokens == self.tokenizer.token_to_id(MASK)
+        mask = self.mask_token
+        masked = tokens == self.tokenizer.token_to_id(mask)
         counts = masked.sum(dim=1).tolist()
         for text, count in zip(texts, counts):
             if count == 0:
-                raise UserError(f"no {MASK} in {text!r}; write {MASK} where a token should be predicted")
+                raise UserError(f"no {mask} in {text!r}; write {mask} where a token should be predicted")
         probs = self(tokens, padding_mask, masked).float().softmax(dim=-1)
         scores, ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         rows = [
@@ -348,6 +357,25 @@ def load_any(source: PathLike, last: bool = False) -> LinformerForMaskedLM:
     if (path / CONFIG_FILE).is_file():
         return LinformerForMaskedLM.from_pretrained(path)
     return LinformerForMaskedLM.from_checkpoint(path, last=last)
+
+
+def load_init_source(path: PathLike) -> Dict[str, Any]:
+    """checkpoint.init_from: a training checkpoint, or an export folder (linformer-export, linformer-import) read as
+    one: {"model": weights, "cfg": {"model": its model config}, "provenance": {"tokenizer_sha256": ...}, ...},
+    which models/loading.py's load_weights copies into the new model (resized, E/F added for a standard source)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return load_checkpoint(folder)
+    config = check_format(folder)
+    if config.get("task", {}).get("name", "masked_lm") != "masked_lm":
+        raise UserError(f"checkpoint.init_from={folder} is a fine-tuned model; start from a masked-LM export")
+    if not isinstance(config.get("linformer"), dict):
+        raise UserError(f"{folder / CONFIG_FILE} has no \"linformer\" model config")
+    tokenizer = folder / TOKENIZER_FILE
+    provenance = {"tokenizer_sha256": sha256_file(tokenizer)} if tokenizer.is_file() else {}
+    state = read_weights(folder / WEIGHTS_FILE, config.get("tied", {}))
+    model_args = {"vocab_size": config.get("vocab_size"), "pad_id": config.get("special_ids", {}).get("pad")}
+    return {"model": state, "cfg": {"model": config["linformer"]}, "provenance": provenance, "model_args": model_args}
 
 
 def to_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:

@@ -105,6 +105,7 @@ BAD = {
     "task.pooler_dropout": ["task=sentence_prediction", "task.pooler_dropout=1.0"],
     "model.name": ["model.name=gpt"],
     "model.layers": ["model.layers=0"],
+    "model.layer_norm_eps": ["model.layer_norm_eps=0"],
     "model.embed_dim": ["model.embed_dim=0"],
     "model.ffn_embed_dim": ["model.ffn_embed_dim=0"],
     "model.heads": ["model.heads=0"],

@@ -108,7 +108,7 @@ def valid_set(config: TrainConfig, run_budget: Optional[int]) -> str:
 def eval_corpus(config: TrainConfig, tokenizer_path: Path) -> Any:
     """The validation split of config.dataset, tokenized with the model's tokenizer (cached like training's)."""
     from linformer_pt.data.corpus import cached_corpus, preprocessed_corpora, resolve_sources
-    from linformer_pt.data.tokenizer import EOS, load_tokenizer
+    from linformer_pt.data.tokenizer import load_tokenizer, special_ids
 
     data = config.dataset
     if data.name == "shards":
@@ -118,7 +118,7 @@ def eval_corpus(config: TrainConfig, tokenizer_path: Path) -> Any:
         return corpora["valid"]
     tokenizer = load_tokenizer(tokenizer_path)
     source = resolve_sources(data)["valid"]
-    return cached_corpus(data.cache_dir, source, tokenizer_path, tokenizer, tokenizer.token_to_id(EOS))
+    return cached_corpus(data.cache_dir, source, tokenizer_path, tokenizer, special_ids(tokenizer)["eos"])
 
 
 def eval_batches(model: Any, config: TrainConfig) -> Tuple[Iterator[Dict[str, torch.Tensor]], Optional[int]]:
@@ -127,12 +127,12 @@ def eval_batches(model: Any, config: TrainConfig) -> Tuple[Iterator[Dict[str, to
     from linformer_pt.data.batching import EpochBatchIterator
     from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
     from linformer_pt.data.streaming import StreamingBatchIterator
-    from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, load_tokenizer, special_mask, word_begins
+    from linformer_pt.data.tokenizer import load_tokenizer, special_ids, special_mask, word_begins
     from linformer_pt.tasks.masked_lm import streamed_valid, valid_subset
 
     t, data, seed = config.task, config.dataset, config.common.seed
     tokenizer = load_tokenizer(model.tokenizer_path)
-    ids = {name: tokenizer.token_to_id(tok) for name, tok in (("bos", BOS), ("pad", PAD), ("eos", EOS), ("mask", MASK))}
+    ids = {name: id for name, id in special_ids(tokenizer).items() if name != "unk"}
     begins = word_begins(tokenizer) if t.mask_whole_words else None
     if data.streaming:  # the run streamed its validation: read the same stream head, not a cached copy
         stream = streamed_valid(config, tokenizer, ids, special_mask(tokenizer), begins)

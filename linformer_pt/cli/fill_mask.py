@@ -16,11 +16,12 @@ from linformer_pt.errors import UserError
 PROG = "linformer-fill-mask"
 
 
-def read_texts(texts: List[str], file: Optional[str]) -> List[Tuple[str, Optional[int]]]:
+def read_texts(texts: List[str], file: Optional[str], mask: str = MASK) -> List[Tuple[str, Optional[int]]]:
     """(text, line number in --file or None) for the texts given, then the non-blank lines of --file.
 
     A --file line without <mask> is skipped with a warning naming its line, so one bad line does not cost the others;
-    a text given on the command line must have one (the model raises the usual one-line error otherwise).
+    a text given on the command line must have one (the model raises the usual one-line error otherwise). `mask` is
+    the model's mask token: "<mask>", or "[MASK]" for a model imported from BERT.
     """
     out: List[Tuple[str, Optional[int]]] = [(text, None) for text in texts]
     if file:
@@ -31,15 +32,15 @@ def read_texts(texts: List[str], file: Optional[str]) -> List[Tuple[str, Optiona
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
-            if MASK not in line:
-                print(f"{PROG}: warning: --file {file} line {number} has no {MASK}; skipped", file=sys.stderr)
+            if mask not in line:
+                print(f"{PROG}: warning: --file {file} line {number} has no {mask}; skipped", file=sys.stderr)
                 skipped += 1
                 continue
             out.append((line.strip(), number))
         if skipped and not out:
-            raise UserError(f"--file {file}: none of its {skipped} non-blank line(s) has a {MASK}; nothing to fill")
+            raise UserError(f"--file {file}: none of its {skipped} non-blank line(s) has a {mask}; nothing to fill")
     if not out:
-        raise UserError("no text given; pass texts with <mask> or --file with one text per line")
+        raise UserError(f"no text given; pass texts with {mask} or --file with one text per line")
     return out
 
 
@@ -55,10 +56,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     with one_line_errors(PROG):
         if args.top_k < 1 or args.batch_size < 1:
             raise UserError("--top-k and --batch-size must be >= 1")
-        texts = read_texts(args.texts, args.file)
+        if args.file and not Path(args.file).expanduser().is_file():  # refused before the model is loaded
+            raise UserError(f"--file {args.file}: no such file")
+        if not args.texts and not args.file:
+            raise UserError("no text given; pass texts with <mask> or --file with one text per line")
         from linformer_pt.hub import load_any
 
         model = load_any(args.model, last=False)
+        texts = read_texts(args.texts, args.file, model.mask_token)  # "[MASK]" for a model imported from BERT
         for start in range(0, len(texts), args.batch_size):
             batch = texts[start : start + args.batch_size]
             for (text, line), masks in zip(batch, model.fill_mask([text for text, _ in batch], args.top_k)):

@@ -46,7 +46,8 @@ def check_input_paths(cfg: DictConfig, config: TrainConfig) -> None:
     for key, path in (("tokenizer.path", config.tokenizer.path), ("checkpoint.init_from", ck.init_from),
                       ("checkpoint.restore_file", ck.restore_file), ("checkpoint.finetune_from", ck.finetune_from)):  # fmt: skip
         if path:
-            check_file(key, Path(path).expanduser(), folder_allowed=key == "checkpoint.finetune_from")
+            check_file(key, Path(path).expanduser(), folder_allowed=key in ("checkpoint.finetune_from",
+                                                                            "checkpoint.init_from"))  # fmt: skip
 
 
 def check_data_files(patterns: List[str], key: str, config: TrainConfig) -> None:

@@ -22,7 +22,7 @@ from linformer_pt.data.cache import build_folder, cached_dir, check_replaceable,
 from linformer_pt.data.corpus import resolve_sources
 from linformer_pt.errors import UserError
 from linformer_pt.data.tokenizer import (
-    EOS, TEXT_ENCODING, TOKENIZER_FILE, cached_tokenizer, first_bytes, load_tokenizer, train_tokenizer,
+    TEXT_ENCODING, TOKENIZER_FILE, cached_tokenizer, first_bytes, load_tokenizer, special_ids, train_tokenizer,
 )  # fmt: skip
 
 GROUPS = ("dataset",)
@@ -55,7 +55,7 @@ def preprocess(cfg: PreprocessConfig) -> Path:
             (folder / split).mkdir()
             with tqdm(total=source.num_bytes, unit="B", unit_scale=True, desc=f"tokenize {split}") as bar:
                 stats[split] = write_shards(
-                    source.documents(), tokenizer, tokenizer.token_to_id(EOS), folder / split, cfg.shard_tokens, bar,
+                    source.documents(), tokenizer, special_ids(tokenizer)["eos"], folder / split, cfg.shard_tokens, bar,
                     cfg.chunk_bytes, cfg.workers,
                 )
         return {**spec, "splits": list(sources), "stats": stats, "vocab_size": tokenizer.get_vocab_size(),

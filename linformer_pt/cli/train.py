@@ -24,7 +24,8 @@ from linformer_pt.cli.console import tee_console
 from linformer_pt.cli.preflight import check_input_paths, rerun_of_finished
 from linformer_pt.errors import RunInterrupted, UserError
 from linformer_pt.models.loading import load_weights
-from linformer_pt.training.checkpoint import load_checkpoint
+from linformer_pt.cli.init_source import from_export_folder
+from linformer_pt.hub import load_init_source
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
 from linformer_pt.training.resume import check_run_folder_free, find_checkpoint, run_folder_lock
@@ -44,6 +45,9 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", overrides: Sequen
     dist = init_distributed(resolve_device(config.common.device))
     name = config.logging.run_name or run_name or output_dir.name
     try:
+        config, notes = from_export_folder(config, overrides)  # a run from an imported model takes its model
+        if dist.is_main and notes and find_checkpoint(config, output_dir) is None:
+            print("; ".join(notes), flush=True)
         done = finished_summary(output_dir, config)
         if done is not None:
             return already_finished(done, output_dir, dist.is_main)
@@ -119,7 +123,7 @@ def train(
     elif hasattr(task, "init_model"):
         say(task.init_model(model), flush=True)
     elif config.checkpoint.init_from:
-        checkpoint = load_checkpoint(config.checkpoint.init_from)
+        checkpoint = load_init_source(config.checkpoint.init_from)  # a checkpoint, or an export folder
         check_same_tokenizer(checkpoint, task.provenance()["tokenizer_sha256"], config.checkpoint.init_from)
         load_weights(model, checkpoint)
         say(f"initialised from {config.checkpoint.init_from}", flush=True)

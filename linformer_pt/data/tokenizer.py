@@ -1,10 +1,12 @@
 """Byte-level BPE tokenizer with RoBERTa's special tokens, trained with `tokenizers` or loaded from a file.
 
-Ids 0..4 are `<s> <pad> </s> <unk> <mask>` (RoBERTa's order); the post-processor adds `<s> ... </s>`.
+Trained ones have ids 0..4 = `<s> <pad> </s> <unk> <mask>` (RoBERTa's order); the post-processor adds `<s> ... </s>`.
+Imported models bring their own tokenizer.json: RoBERTa's five tokens anywhere, or BERT's `[CLS] [PAD] [SEP] [UNK]
+[MASK]`; `special_tokens()` says which strings play the five roles, so no code assumes ids or strings.
 Corpus text is always encoded as text: a literal "<mask>" in a document is the characters, never the special id.
 """
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Union
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -14,6 +16,10 @@ from linformer_pt.errors import UserError
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 BOS, PAD, EOS, UNK, MASK = SPECIAL_TOKENS
+ROLES = ("bos", "pad", "eos", "unk", "mask")
+# The conventions a tokenizer.json may follow, tried in this order: RoBERTa's (ours, XLM-R, CamemBERT) and BERT's
+# (where [CLS] opens a text as <s> does and [SEP] ends it as </s> does).
+SPECIAL_TOKEN_SETS = {"roberta": SPECIAL_TOKENS, "bert": ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]}
 TOKENIZER_FILE = "tokenizer.json"
 # RoBERTa's <mask> swallows the space before it, so "the <mask>" is `the <mask>`, not `the Ġ <mask>`: the model
 # then predicts a word with its leading space ("Ġcat"). Only prompts see this: corpus text keeps specials as text.
@@ -68,10 +74,29 @@ def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception on malformed JSON
         raise UserError(f"tokenizer.path: {path} is not a tokenizers JSON file ({err})") from None
-    missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
-    if missing:
-        raise UserError(f"tokenizer.path: {path} lacks the special tokens {missing}; needed: {SPECIAL_TOKENS}")
+    if special_token_set(tokenizer) is None:
+        missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+        raise UserError(f"tokenizer.path: {path} lacks the special tokens {missing}; needed: {SPECIAL_TOKENS} "
+                        f"(or BERT's {SPECIAL_TOKEN_SETS['bert']})")  # fmt: skip
     return text_only(tokenizer)
+
+
+def special_token_set(tokenizer: Tokenizer) -> Optional[str]:
+    """`roberta` or `bert`: the first convention whose five tokens `tokenizer` all has; None if none fits."""
+    for name, tokens in SPECIAL_TOKEN_SETS.items():
+        if all(tokenizer.token_to_id(t) is not None for t in tokens):
+            return name
+    return None
+
+
+def special_tokens(tokenizer: Tokenizer) -> Dict[str, str]:
+    """{bos, pad, eos, unk, mask: token string} of `tokenizer` (RoBERTa's strings when it follows no convention)."""
+    return dict(zip(ROLES, SPECIAL_TOKEN_SETS[special_token_set(tokenizer) or "roberta"]))
+
+
+def special_ids(tokenizer: Tokenizer) -> Dict[str, Optional[int]]:
+    """{bos, pad, eos, unk, mask: id} of `tokenizer`, wherever its convention puts them."""
+    return {role: tokenizer.token_to_id(token) for role, token in special_tokens(tokenizer).items()}
 
 
 def special_mask(tokenizer: Tokenizer) -> np.ndarray:
@@ -81,7 +106,7 @@ def special_mask(tokenizer: Tokenizer) -> np.ndarray:
     tokenizer has `<mask>` last), so they are a set, not a prefix of the vocabulary.
     """
     is_special = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
-    ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+    ids = list(special_ids(tokenizer).values())
     ids += [i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special]
     is_special[[i for i in ids if i is not None and i < len(is_special)]] = True
     return is_special
@@ -115,5 +140,11 @@ def cached_tokenizer(cache_dir: str, source: Any, vocab_size: int, min_frequency
 
 
 def word_begins(tokenizer: Tokenizer) -> np.ndarray:
-    """A bool per vocabulary id: does the token start a word (byte-level BPE marks a leading space as 'Ġ')?"""
-    return np.array([tokenizer.id_to_token(i).startswith("\u0120") for i in range(tokenizer.get_vocab_size())])
+    """A bool per vocabulary id: does the token start a word? Byte-level BPE marks a leading space as 'Ġ',
+    SentencePiece (XLM-R's Unigram) as '▁'; WordPiece (BERT) marks the other pieces instead, with '##'."""
+    tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+    if isinstance(tokenizer.model, models.WordPiece):
+        prefix = tokenizer.model.continuing_subword_prefix
+        return np.array([not token.startswith(prefix) for token in tokens])
+    marker = "\u2581" if isinstance(tokenizer.model, models.Unigram) else "\u0120"
+    return np.array([token.startswith(marker) for token in tokens])

@@ -12,21 +12,25 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 def write_hf_files(folder: Path, config: Dict[str, Any]) -> List[Path]:
-    """Write the custom-model code into `folder` and a RoBERTa-style tokenizer_config.json there."""
+    """Write the custom-model code into `folder` and a tokenizer_config.json naming the tokenizer's special tokens."""
     from linformer_pt.hf.bundle import write_bundle
 
     modules = write_bundle(folder)
+    # The tokenizer's own strings: RoBERTa's <s> <pad> </s> <unk> <mask>, or BERT's [CLS] [PAD] [SEP] [UNK] [MASK].
+    tokens = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>",
+              **config.get("special_tokens", {})}  # fmt: skip
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "cls_token": "<s>",
-        "sep_token": "</s>",
-        "unk_token": "<unk>",
-        "pad_token": "<pad>",
+        "bos_token": tokens["bos"],
+        "eos_token": tokens["eos"],
+        "cls_token": tokens["bos"],
+        "sep_token": tokens["eos"],
+        "unk_token": tokens["unk"],
+        "pad_token": tokens["pad"],
         # lstrip as in RoBERTa: "the <mask>" is `the <mask>`, and the model predicts the word with its space.
-        "mask_token": {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False, "special": True,
-                       "__type": "AddedToken"},  # fmt: skip
+        # (BERT's [MASK] gets it too: its pre-tokenizer drops that space anyway.)
+        "mask_token": {"content": tokens["mask"], "lstrip": True, "rstrip": False, "normalized": False,
+                       "special": True, "__type": "AddedToken"},  # fmt: skip
         "model_max_length": config["max_positions"],
         "add_prefix_space": False,
         "model_input_names": ["input_ids", "attention_mask"],

@@ -37,6 +37,7 @@ class LinformerRobertaConfig:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
     normalize_before: bool = False  # False: post-LN as in RoBERTa
+    layer_norm_eps: float = 1e-5  # every LayerNorm's epsilon (BERT's checkpoints use 1e-12)
     checkpoint_activations: bool = False  # recompute each layer in backward instead of storing its activations
 
     def __post_init__(self) -> None:
@@ -52,6 +53,7 @@ class LinformerRobertaConfig:
         check_choice("model.projection_init", self.projection_init, list(PROJECTION_INITS))
         for key in ("dropout", "attention_dropout", "activation_dropout"):
             check(0.0 <= getattr(self, key) < 1.0, f"model.{key}={getattr(self, key)} must be in [0, 1)")
+        check(0.0 < self.layer_norm_eps < 1.0, f"model.layer_norm_eps={self.layer_norm_eps} must be in (0, 1)")
         check(self.compressed >= 0, f"model.compressed={self.compressed} must be >= 0")
         self.layer_ks()  # validates k
 
@@ -95,14 +97,14 @@ class LinformerRoberta(nn.Module):
         d = cfg.embed_dim
         self.embed_tokens = nn.Embedding(vocab_size, d, padding_idx=padding_idx)
         self.embed_positions = nn.Embedding(cfg.max_positions, d)
-        self.embed_layer_norm = nn.LayerNorm(d)
+        self.embed_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.encoder = Encoder(
             cfg.layers, d, cfg.ffn_embed_dim, cfg.heads, cfg.max_positions, cfg.layer_ks(), cfg.attention_spec(),
             cfg.dropout, cfg.activation_dropout, cfg.normalize_before, cfg.freeze_projections,
-            cfg.checkpoint_activations,
+            cfg.checkpoint_activations, cfg.layer_norm_eps,
         )  # fmt: skip
         self.lm_dense = nn.Linear(d, d)
-        self.lm_layer_norm = nn.LayerNorm(d)
+        self.lm_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.lm_bias = nn.Parameter(torch.zeros(vocab_size))
         self.apply(_init_bert_params)
 

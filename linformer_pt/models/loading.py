@@ -8,15 +8,23 @@ from typing import Any, Dict, Optional, Union
 from torch import nn
 
 from linformer_pt.errors import UserError
-from linformer_pt.models.resize import resize_for
+from linformer_pt.models.resize import PROJECTION_SUFFIXES, resize_for
 from linformer_pt.registry import MODELS
 from linformer_pt.training.checkpoint import load_checkpoint
 
 
 def load_weights(model: nn.Module, checkpoint: Dict[str, Any]) -> None:
-    """Copy a checkpoint's weights into `model`, resizing them to its max_positions (models/resize.py)."""
-    projection = checkpoint["cfg"]["model"].get("projection", "linear")
+    """Copy a checkpoint's weights into `model`, resizing them to its max_positions (models/resize.py).
+
+    Weights of standard attention into a Linformer (an imported RoBERTa uptrained with model.attention=linformer):
+    every weight is kept and the Linformer's E/F, which the source has none of, keep their fresh initialisation.
+    """
+    source_cfg = checkpoint["cfg"]["model"]
+    projection = source_cfg.get("projection", "linear")
     state = resize_for(checkpoint["model"], model.state_dict(), projection)
+    if source_cfg.get("attention") == "standard":
+        fresh = {name: t for name, t in model.state_dict().items() if name.endswith(PROJECTION_SUFFIXES)}
+        state = {**fresh, **state}
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -24,13 +24,14 @@ class EncoderLayer(nn.Module):
         dropout: float,
         activation_dropout: float,
         normalize_before: bool,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.self_attn = attention
-        self.attn_layer_norm = nn.LayerNorm(embed_dim)
+        self.attn_layer_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.fc1 = nn.Linear(embed_dim, ffn_embed_dim)
         self.fc2 = nn.Linear(ffn_embed_dim, embed_dim)
-        self.final_layer_norm = nn.LayerNorm(embed_dim)
+        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.dropout, self.activation_dropout = dropout, activation_dropout
         self.normalize_before = normalize_before
 
@@ -66,6 +67,7 @@ class Encoder(nn.Module):
         normalize_before: bool = False,
         freeze_projections: bool = False,
         checkpoint_activations: bool = False,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if len(ks) != layers:
@@ -79,11 +81,11 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(
             EncoderLayer(
                 build_attention(attention, embed_dim, num_heads, max_positions, k),
-                embed_dim, ffn_embed_dim, dropout, activation_dropout, normalize_before,
+                embed_dim, ffn_embed_dim, dropout, activation_dropout, normalize_before, layer_norm_eps,
             )  # fmt: skip
             for k in ks
         )
-        self.final_layer_norm = nn.LayerNorm(embed_dim) if normalize_before else None
+        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps) if normalize_before else None
         self.checkpoint_activations = checkpoint_activations
         if freeze_projections:
             for module in self.modules():

@@ -21,7 +21,7 @@ from linformer_pt.data.corpus import cached_corpus, preprocessed_corpora, resolv
 from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
 from linformer_pt.data.stream_reader import ArrowSplit
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
-from linformer_pt.data.tokenizer import BOS, EOS, MASK, PAD, cached_tokenizer, load_tokenizer, special_mask, word_begins
+from linformer_pt.data.tokenizer import cached_tokenizer, load_tokenizer, special_ids, special_mask, word_begins
 from linformer_pt.data.unigram import token_counts, unigram_baseline
 from linformer_pt.errors import UserError
 from linformer_pt.registry import register_task
@@ -142,8 +142,8 @@ class MaskedLMTask:
             self.data_provenance = {split: source.spec for split, source in sources.items()}
         self.tokenizer = load_tokenizer(self.tokenizer_path)
         self.vocab_size = self.tokenizer.get_vocab_size()
-        names = [("bos", BOS), ("pad", PAD), ("eos", EOS), ("mask", MASK)]
-        self.special_ids = {name: self.tokenizer.token_to_id(tok) for name, tok in names}
+        # By role, wherever the tokenizer's convention puts them (RoBERTa's <s>..., an imported BERT's [CLS]...).
+        self.special_ids = {name: id for name, id in special_ids(self.tokenizer).items() if name != "unk"}
         self.is_special = special_mask(self.tokenizer)  # a set of ids: a user tokenizer may put them anywhere
         if self.is_special.all():
             raise UserError(

@@ -19,7 +19,7 @@ from linformer_pt.config import TrainConfig, check, check_choice, check_text
 from linformer_pt.data.batching import EpochBatchIterator
 from linformer_pt.data.cache import sha256_file
 from linformer_pt.data.labelled import TRUNCATIONS, LabelledExamples, encode_labels, encode_pairs, label_names, read_labelled
-from linformer_pt.data.tokenizer import BOS, EOS, PAD, load_tokenizer
+from linformer_pt.data.tokenizer import load_tokenizer, special_ids
 from linformer_pt.errors import UserError
 from linformer_pt.models.classifier import LinformerRobertaClassifier
 from linformer_pt.registry import register_task
@@ -30,7 +30,7 @@ from linformer_pt.training.distributed import world_from_env
 # Model fields that define the pretrained network: taken from the checkpoint. The rest (max_positions, dropout,
 # checkpointing, frozen projections) are the fine-tuning run's own choice.
 ARCHITECTURE = ("layers", "embed_dim", "ffn_embed_dim", "heads", "attention", "k", "compressed", "sharing",
-                "projection", "projection_init", "fairseq_compat", "normalize_before")  # fmt: skip
+                "projection", "projection_init", "fairseq_compat", "normalize_before", "layer_norm_eps")  # fmt: skip
 CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc", "loss")
 REGRESSION_METRICS = ("pearson", "spearman", "mse", "loss")
 
@@ -97,7 +97,9 @@ def collate(samples: List[Tuple[np.ndarray, Any]], pad_id: int) -> Dict[str, Ten
 
 
 def special_ids_of(tokenizer: Any) -> Dict[str, int]:
-    return {"bos": tokenizer.token_to_id(BOS), "eos": tokenizer.token_to_id(EOS), "pad": tokenizer.token_to_id(PAD)}
+    """<s>, </s> and <pad> by role: an imported BERT's are [CLS], [SEP] and [PAD], at its own ids."""
+    ids = special_ids(tokenizer)
+    return {"bos": ids["bos"], "eos": ids["eos"], "pad": ids["pad"]}
 
 
 def encode_examples(
