@@ -161,6 +161,9 @@ class OptimizationConfig:
     validate_interval_updates: int = 100  # 0: validate only at the end
     stop_time_hours: float = 0.0  # wall-clock budget; 0: none
     validate_at_start: bool = True  # a fresh run validates before its first update (a resumed one never does)
+    # The first N updates train the sequence projections (E/F, conv taps) only: an imported encoder swapped to
+    # Linformer keeps its weights while its new E/F adapt to them.
+    projections_only_updates: int = 0
 
     def __post_init__(self) -> None:
         check(self.max_update > 0, f"optimization.max_update={self.max_update} must be > 0")
@@ -168,6 +171,8 @@ class OptimizationConfig:
         check(self.max_epoch >= 0, f"optimization.max_epoch={self.max_epoch} must be >= 0")
         check(self.update_freq >= 1, f"optimization.update_freq={self.update_freq} must be >= 1")
         check(self.clip_norm >= 0, f"optimization.clip_norm={self.clip_norm} must be >= 0")
+        check(self.projections_only_updates >= 0,
+              f"optimization.projections_only_updates={self.projections_only_updates} must be >= 0")  # fmt: skip
         check(
             self.validate_interval_updates >= 0,
             f"optimization.validate_interval_updates={self.validate_interval_updates} must be >= 0",

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from linformer_pt.errors import UserError
 
 PROJECTIONS = ("linear", "mean_pool", "max_pool", "conv", "identity")
-PROJECTION_INITS = ("xavier", "normal")
+PROJECTION_INITS = ("xavier", "normal", "average")
 
 
 def _masked(x: Tensor, keep: Tensor, per_head: bool = False) -> Tensor:
@@ -43,6 +43,20 @@ class SequenceProjection(nn.Module):
         return None
 
 
+def window_average(n: int, k: int) -> Tensor:
+    """(n, k): column j averages positions [floor(j n / k), ceil((j + 1) n / k)), as adaptive mean pooling does.
+
+    The init that keeps a swapped-in Linformer close to the standard attention it replaces (an imported RoBERTa):
+    each projected key and value is the mean of a window of real ones, so attention starts as attention over window
+    means instead of over random mixtures of all positions.
+    """
+    matrix = torch.zeros(n, k)
+    for j in range(k):
+        start, end = (j * n) // k, -((-(j + 1) * n) // k)
+        matrix[start:end, j] = 1.0 / (end - start)
+    return matrix
+
+
 class LinearProjection(SequenceProjection):
     """Learned E of shape (max_positions, k), or (heads, max_positions, k) with one E per head."""
 
@@ -57,6 +71,9 @@ class LinearProjection(SequenceProjection):
             nn.init.uniform_(self.weight, -bound, bound)
         elif init == "normal":
             nn.init.normal_(self.weight, mean=0.0, std=0.02)
+        elif init == "average":
+            with torch.no_grad():
+                self.weight.copy_(window_average(max_positions, k).expand(shape))
         else:
             raise UserError(f"projection init {init!r} is not allowed; choose one of: {', '.join(PROJECTION_INITS)}")
 

@@ -5,7 +5,7 @@ PyPI's unrelated `apex` package does not provide it).
 """
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,9 +24,13 @@ class AdamConfig:
     weight_decay: float = 0.01
     decay_embeddings: bool = True  # apply weight decay to embedding matrices (biases and norms never decay)
     fused: bool = False  # torch's fused AdamW kernel (CPU and CUDA)
+    # The sequence projections' (E/F, conv taps) lr is optim.lr times this: new E/F in an imported encoder may
+    # need to move faster than the weights that already fit.
+    projection_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check(self.lr > 0, f"optim.lr={self.lr} must be > 0")
+        check(self.projection_lr_scale > 0, f"optim.projection_lr_scale={self.projection_lr_scale} must be > 0")
         check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"optim.betas={self.betas} must be two values in [0, 1)",
@@ -35,20 +39,51 @@ class AdamConfig:
         check(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay} must be >= 0")
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = True) -> List[dict]:
-    """Decay matrices only: biases and LayerNorm gains (1-D) never, embeddings as configured."""
+def projection_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The parameters of the sequence projections (E/F, conv taps): what a swap to Linformer adds to an encoder."""
+    from linformer_pt.modules.projections import SequenceProjection
+
+    found = {id(p): p for m in model.modules() if isinstance(m, SequenceProjection) for p in m.parameters()}
+    return list(found.values())
+
+
+def waiting_parameters(model: nn.Module, projections_only_updates: int) -> List[nn.Parameter]:
+    """What optimization.projections_only_updates holds still: every parameter but the sequence projections."""
+    if not projections_only_updates:
+        return []
+    projections = {id(p) for p in projection_parameters(model)}
+    if not projections:
+        raise UserError(f"optimization.projections_only_updates={projections_only_updates} trains only learned "
+                        "sequence projections, and this model has none (model.attention=linformer with "
+                        "projection=linear or conv has them)")  # fmt: skip
+    return [p for p in model.parameters() if id(p) not in projections]
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = True,
+                 projection_lr: Optional[float] = None) -> List[dict]:  # fmt: skip
+    """Decay matrices only: biases and LayerNorm gains (1-D) never, embeddings as configured.
+
+    `projection_lr`: the projections' own learning rate, in groups of their own (the schedule scales every group's).
+    """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
+    projections = {id(p) for p in projection_parameters(model)} if projection_lr is not None else set()
+    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {(d, p): [] for d in (True, False) for p in (False, True)}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim < 2 or (not decay_embeddings and id(p) in embeddings)
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (p.ndim < 2 or (not decay_embeddings and id(p) in embeddings))
+        groups[decay, id(p) in projections].append(p)
+    out = []
+    for (decay, projection), params in groups.items():
+        if params or not projection:  # the two plain groups always exist (saved optimizer states count on them)
+            group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+            out.append({**group, "lr": projection_lr} if projection else group)
+    return out
 
 
 def _groups(cfg: AdamConfig, model: nn.Module) -> List[dict]:
-    return param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+    scaled = cfg.lr * cfg.projection_lr_scale if cfg.projection_lr_scale != 1.0 else None
+    return param_groups(model, cfg.weight_decay, cfg.decay_embeddings, scaled)
 
 
 @register_optimizer("adamw", AdamConfig)

@@ -27,7 +27,7 @@ from linformer_pt.training.checkpoint import (
 from linformer_pt.training.distributed import DistributedInfo, all_gather_objects, all_reduce_sum, local_device, wrap_model
 from linformer_pt.training.logging import MetricsLogger, peak_tflops
 from linformer_pt.training.meters import Window
-from linformer_pt.training.optim import build_lr_scheduler, build_optimizer
+from linformer_pt.training.optim import build_lr_scheduler, build_optimizer, waiting_parameters
 from linformer_pt.training.precision import Precision
 from linformer_pt.training.progress import Progress
 from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock, schedule_change
@@ -75,6 +75,7 @@ class Trainer:
         t = cfg.trainer
         self.precision = Precision(t.precision, self.device, t.fp16_init_scale, t.fp16_scale_window, t.fp16_min_scale)
         self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.waiting = waiting_parameters(self.model, cfg.optimization.projections_only_updates)
         self.lr_scheduler = build_lr_scheduler(cfg.lr_scheduler, self.optimizer, cfg.optimization.max_update)
         self.train_iterator = task.batch_iterator("train", dist.rank, dist.world_size)
         self.valid_iterator = task.batch_iterator("valid", dist.rank, dist.world_size)
@@ -131,6 +132,9 @@ class Trainer:
                 self.precision.scale_loss(loss / normaliser).backward()
             loss_sum += stats["loss_sum"]
             flops += self._train_flops(batch)
+        if self.update < self.cfg.optimization.projections_only_updates:
+            for p in self.waiting:
+                p.grad = None  # the optimizer skips them: no step, no weight decay, no moment update
         self.precision.unscale_(self.model.parameters())
         max_norm = self.cfg.optimization.clip_norm or math.inf
         total_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)

@@ -61,3 +61,25 @@ def test_the_linformer_swap_keeps_the_imported_weights(imported):
     assert added and all(name.endswith(("proj_e.weight", "proj_f.weight")) for name in added)
     for name, tensor in source.items():
         torch.testing.assert_close(trained[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+def test_projections_only_updates_hold_the_imported_weights_while_e_and_f_learn(imported):
+    """optimization.projections_only_updates=3: after 3 updates only E/F moved (at a real learning rate)."""
+    import torch
+
+    from linformer_pt import LinformerForMaskedLM
+    from linformer_pt.training.checkpoint import load_checkpoint
+
+    swap = ["model.attention=linformer", "model.k=8", "model.projection_init=average", "optim.lr=1e-2",
+            "lr_scheduler.warmup_updates=0", "optim.projection_lr_scale=3", "model.dropout=0"]  # fmt: skip
+    held = uptrain(imported, "held", [*swap, "optimization.projections_only_updates=3"])
+    source = LinformerForMaskedLM.from_pretrained(imported / "out").state_dict()
+    trained = load_checkpoint(held["checkpoint"])["model"]
+    assert all(torch.equal(trained[name], tensor) for name, tensor in source.items())
+    projections = [name for name in trained if name not in source]
+    start = uptrain(imported, "start", [*swap, "optimization.max_update=1", "optim.lr=1e-12"])
+    first = load_checkpoint(start["checkpoint"])["model"]
+    assert all(not torch.allclose(trained[name], first[name]) for name in projections)
+    # Without the hold every weight moves.
+    free = load_checkpoint(uptrain(imported, "free", swap)["checkpoint"])["model"]
+    assert not torch.equal(free["encoder.layers.0.fc1.weight"], source["encoder.layers.0.fc1.weight"])

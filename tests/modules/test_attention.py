@@ -179,3 +179,16 @@ def test_state_dict_round_trip(sharing):
     assert not torch.allclose(a(x), b(x))
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
+
+
+def test_the_average_init_makes_each_projected_row_a_window_mean():
+    from linformer_pt.modules.projections import LinearProjection, window_average
+
+    e = LinearProjection(10, 4, init="average").weight
+    assert torch.allclose(e.sum(0), torch.ones(4))  # each column averages its window
+    assert (e > 0).sum(0).tolist() == [3, 3, 3, 3]  # windows [0,3) [2,5) [5,8) [7,10): adaptive pooling's
+    x = torch.arange(10.0).reshape(1, 10, 1)
+    pooled = torch.nn.functional.adaptive_avg_pool1d(x.transpose(1, 2), 4).transpose(1, 2)
+    assert torch.allclose(window_average(10, 4).t() @ x[0], pooled[0])
+    per_head = LinearProjection(10, 4, num_heads=2, init="average").weight
+    assert torch.equal(per_head[0], e) and torch.equal(per_head[1], e)

@@ -119,3 +119,21 @@ def test_decay_formulas():
     assert lrs("constant", at) == pytest.approx([LR] * len(at))
     assert lrs("linear", [60], total_num_update=210) == pytest.approx([LR * (1 - 50 / 200)])
 
+
+
+def test_projection_lr_scale_gives_the_projections_their_own_scheduled_lr():
+    from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
+    from linformer_pt.training.optim import AdamConfig, ScheduleConfig, build_lr_scheduler, build_optimizer, \
+        projection_parameters  # fmt: skip
+
+    model = LinformerRoberta(LinformerRobertaConfig(layers=1, embed_dim=16, ffn_embed_dim=32, heads=2,
+                                                    max_positions=32, k=8), 50, 1)  # fmt: skip
+    plain = build_optimizer(AdamConfig(lr=1e-3), model)
+    assert len(plain.param_groups) == 2  # unchanged layout without a scale (saved optimizer states still load)
+    optimizer = build_optimizer(AdamConfig(lr=1e-3, projection_lr_scale=10.0), model)
+    schedule = build_lr_scheduler(ScheduleConfig(name="linear", warmup_updates=4), optimizer, 20)
+    schedule.step(2)
+    ids = {id(p) for p in projection_parameters(model)}
+    rates = {all(id(p) in ids for p in g["params"]): g["lr"] for g in optimizer.param_groups if g["params"]}
+    assert rates[False] == pytest.approx(5e-4) and rates[True] == pytest.approx(5e-3)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
