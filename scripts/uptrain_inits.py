@@ -1,11 +1,13 @@
 """Swap a trained standard-attention encoder to Linformer and uptrain it: which E/F start recovers fastest?
 
-The source is a standard-attention model trained by linformer-train at the sweeps' CPU scale (experiment=sweep_cpu,
-Gutenberg, 4 x 256, n = 512), exported and given to checkpoint.init_from as an import folder would be. Each variant
-uptrains it as a Linformer (k = 64) for the same tokens; a from-scratch Linformer trains on the same batches. Every
-run is a fixed folder under --work, so a rerun skips finished runs and resumes unfinished ones.
+The source is a standard-attention RoBERTa at the sweeps' CPU scale (experiment=sweep_cpu: Gutenberg, 4 x 256,
+n = 512): with --hf-source, a transformers folder (scripts/train_hf_roberta.py trains one with transformers itself)
+brought in by linformer-import; without it, one trained here by linformer-train and exported. Each variant uptrains
+it as a Linformer (k = 64) for the same tokens; a control uptrains it as it is (standard attention: its first
+validation is the source's own ppl, and it shows what the extra training alone gives); a from-scratch Linformer
+trains on the same batches. Every run is a fixed folder under --work: a rerun skips finished runs.
 
-Run: python scripts/uptrain_inits.py --work runs/uptrain --out docs/results/uptrain_inits
+Run: python scripts/uptrain_inits.py --hf-source runs/hf_roberta --work runs/uptrain --out docs/results/uptrain_inits
 """
 import argparse
 import json
@@ -42,23 +44,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/uptrain_inits"))
     parser.add_argument("--source-updates", type=int, default=300)
     parser.add_argument("--uptrain-updates", type=int, default=60)
+    parser.add_argument("--hf-source", type=Path, help="a transformers RobertaForMaskedLM folder to import")
     args = parser.parse_args()
-    source, export = args.work / "source", args.work / "source_export"
-    train(source, ["attention=standard", f"optimization.max_update={args.source_updates}"])
-    if not export.is_dir():
-        subprocess.run([str(BIN / "linformer-export"), str(source), str(export), "--last"], check=True)
+    export = args.work / "source_export"
+    if args.hf_source and not export.is_dir():
+        subprocess.run([str(BIN / "linformer-import"), str(args.hf_source), str(export)], check=True)
+    elif not args.hf_source:
+        source = args.work / "source"
+        train(source, ["attention=standard", f"optimization.max_update={args.source_updates}"])
+        if not export.is_dir():
+            subprocess.run([str(BIN / "linformer-export"), str(source), str(export), "--last"], check=True)
     every = max(1, args.uptrain_updates // 6)
     uptrain = [f"optimization.max_update={args.uptrain_updates}", f"optimization.validate_interval_updates={every}",
                "lr_scheduler.warmup_updates=6", "optim.lr=5e-4"]  # fmt: skip
-    runs = {"from scratch (Linformer k=64)": (args.work / "scratch", ["attention=k64", *uptrain])}
+    runs = {"from scratch (Linformer k=64)": (args.work / "scratch", ["attention=k64", *uptrain]),
+            "control: source uptrained as it is (standard)": (args.work / "control", [f"checkpoint.init_from={export}",
+                                                                                    *uptrain])}  # fmt: skip
     for i, (label, extra) in enumerate(VARIANTS.items()):
         runs[label] = (args.work / f"uptrain{i}", [f"checkpoint.init_from={export}", "model.attention=linformer",
                                                    "model.k=64", *uptrain, *extra])  # fmt: skip
     for folder, overrides in runs.values():
         train(folder, overrides)
-    source_ppl = json.loads((source / "summary.json").read_text())["final_valid"]["ppl"]
     curves = {label: curve(folder) for label, (folder, _) in runs.items()}
-    print(f"\nsource (standard attention, {args.source_updates} updates): valid ppl {source_ppl:.1f}")
+    source_ppl = curves["control: source uptrained as it is (standard)"][0]["ppl"]  # update 0: the source itself
+    print(f"\nsource (standard attention): valid ppl {source_ppl:.1f}")
     updates = [point["update"] for point in next(iter(curves.values()))]
     print("| run | " + " | ".join(f"upd {u}" for u in updates) + " | final / source |")
     print("|---|" + "---:|" * (len(updates) + 1))

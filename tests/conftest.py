@@ -1,7 +1,7 @@
 """Shared fixtures: composed configs and one data cache (corpus, tokenizer, tokens) for the whole session."""
 import os
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import pytest
 
@@ -38,6 +38,27 @@ def corpus_files(cache_dir) -> dict:
     from linformer_pt.data.default_corpus import build_default_corpus
 
     return build_default_corpus(str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, corpus_files) -> Dict[str, Path]:
+    """A slice of the embedded corpus: about 6 updates of 16 x 64 tokens per epoch, so a 20-update run crosses
+    epoch boundaries (the resume tests)."""
+    folder = tmp_path_factory.mktemp("small_corpus")
+    text = Path(corpus_files["train"]).read_text(encoding="utf-8")
+    (folder / "train.txt").write_text(text[:12_000], encoding="utf-8")
+    (folder / "valid.txt").write_text(text[-6_000:], encoding="utf-8")
+    return {"train": folder / "train.txt", "valid": folder / "valid.txt"}
+
+
+@pytest.fixture
+def small_run(small_corpus, cache_dir) -> List[str]:
+    """A quiet seconds-long run on small_corpus that logs every update (what the resume tests compare)."""
+    return [
+        "experiment=smoke", "dataset=text", f"dataset.train_files=[{small_corpus['train']}]",
+        f"dataset.valid_files=[{small_corpus['valid']}]", f"dataset.cache_dir={cache_dir}", "tokenizer.vocab_size=500",
+        "logging.progress_bar=false", "logging.tensorboard=false", "logging.log_interval=1", "common.threads=1",
+    ]  # fmt: skip
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
 import torch
@@ -28,22 +28,10 @@ MODULE = [sys.executable, "-m", "linformer_pt.cli.train"]
 COMPARED = ("split", "update", "epoch", "tokens", "loss", "lr", "gnorm", "masked")
 
 
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory, corpus_files) -> Dict[str, Path]:
-    """About 6 updates of 16 x 64 tokens per epoch, so a 20-update run crosses epoch boundaries."""
-    folder = tmp_path_factory.mktemp("small_corpus")
-    text = Path(corpus_files["train"]).read_text(encoding="utf-8")
-    (folder / "train.txt").write_text(text[:12_000], encoding="utf-8")
-    (folder / "valid.txt").write_text(text[-6_000:], encoding="utf-8")
-    return {"train": folder / "train.txt", "valid": folder / "valid.txt"}
-
-
 @pytest.fixture
-def overrides(small_corpus, cache_dir) -> List[str]:
+def overrides(small_run) -> List[str]:
     return [
-        "experiment=smoke", "dataset=text", f"dataset.train_files=[{small_corpus['train']}]",
-        f"dataset.valid_files=[{small_corpus['valid']}]", f"dataset.cache_dir={cache_dir}", "tokenizer.vocab_size=500",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.log_interval=1", "common.threads=1",
+        *small_run,
         "optimization.max_update=20", "optimization.validate_interval_updates=7", "checkpoint.save_interval_updates=3",
         "lr_scheduler.total_num_update=20",  # the schedule stays the same when a run stops early on purpose
     ]  # fmt: skip

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
 from conftest import compose_config
@@ -23,21 +23,10 @@ from linformer_pt.training.trainer import Trainer
 COMPARED = ("split", "update", "epoch", "tokens", "loss", "lr", "gnorm", "masked")
 
 
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory, corpus_files) -> Dict[str, Path]:
-    folder = tmp_path_factory.mktemp("small_corpus")
-    text = Path(corpus_files["train"]).read_text(encoding="utf-8")
-    (folder / "train.txt").write_text(text[:12_000], encoding="utf-8")
-    (folder / "valid.txt").write_text(text[-6_000:], encoding="utf-8")
-    return {"train": folder / "train.txt", "valid": folder / "valid.txt"}
-
-
 @pytest.fixture
-def overrides(small_corpus, cache_dir) -> List[str]:
+def overrides(small_run) -> List[str]:
     return [
-        "experiment=smoke", "dataset=text", f"dataset.train_files=[{small_corpus['train']}]",
-        f"dataset.valid_files=[{small_corpus['valid']}]", f"dataset.cache_dir={cache_dir}", "tokenizer.vocab_size=500",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.log_interval=1", "common.threads=1",
+        *small_run,
         "optimization.max_update=12", "optimization.validate_interval_updates=4", "checkpoint.save_interval_updates=3",
         "checkpoint.keep_last=0",
     ]  # fmt: skip
