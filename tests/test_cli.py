@@ -39,6 +39,7 @@ def test_print_composed_config(tmp_path):
     assert "  k: 32\n" in result.stdout and "  sharing: layerwise\n" in result.stdout
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_k(quick, tmp_path):
     sweep = tmp_path / "sweep"
     result = cli("--multirun", *quick, "model.k=8,16", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

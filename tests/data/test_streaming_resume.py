@@ -144,6 +144,7 @@ def test_resume_with_csv_parquet_shuffling_and_ranks(tmp_path, tokenizer):
     check_resumes(tokenizer, paths, [1, 3, 6], after=4, num_workers=2, shuffle_buffer=3, rank=1, world_size=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_reads_nothing_before_the_saved_positions(tmp_path, tokenizer, suffix, num_workers):
@@ -166,6 +167,7 @@ def test_resume_reads_nothing_before_the_saved_positions(tmp_path, tokenizer, su
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
+@pytest.mark.slow
 def test_resume_when_worker_streams_end_unevenly(tmp_path, tokenizer):
     # One file per worker, the middle one short: the DataLoader goes on taking batches in turn from the others.
     docs = [DOCS[:5], DOCS[5:7], DOCS[7:13]]

@@ -46,6 +46,7 @@ def test_the_task_baseline_scores_exactly_the_targets_validation_scores(tiny_ove
     assert math.isclose(result["loss"], hand, rel_tol=1e-9)
 
 
+@pytest.mark.slow
 def test_a_runs_peak_memory_is_its_own_not_an_earlier_runs_in_the_same_process(tiny_overrides, tmp_path):
     # Hydra's basic launcher runs a multirun's jobs one after another in one process: a large earlier job must not
     # lend its peak to the next one (a process's max RSS never goes down unless the run resets it).

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sweep_fixtures import table_rows
 
 from linformer_pt.sweeps.report import build_report
@@ -19,6 +21,7 @@ def multirun(sweep, cache_dir) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_a_2x2_sweep_reports_4_runs_and_a_rerun_trains_nothing(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     multirun(sweep, cache_dir)
