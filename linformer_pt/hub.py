@@ -359,25 +359,6 @@ def load_any(source: PathLike, last: bool = False) -> LinformerForMaskedLM:
     return LinformerForMaskedLM.from_checkpoint(path, last=last)
 
 
-def load_init_source(path: PathLike) -> Dict[str, Any]:
-    """checkpoint.init_from: a training checkpoint, or an export folder (linformer-export, linformer-import) read as
-    one: {"model": weights, "cfg": {"model": its model config}, "provenance": {"tokenizer_sha256": ...}, ...},
-    which models/loading.py's load_weights copies into the new model (resized, E/F added for a standard source)."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        return load_checkpoint(folder)
-    config = check_format(folder)
-    if config.get("task", {}).get("name", "masked_lm") != "masked_lm":
-        raise UserError(f"checkpoint.init_from={folder} is a fine-tuned model; start from a masked-LM export")
-    if not isinstance(config.get("linformer"), dict):
-        raise UserError(f"{folder / CONFIG_FILE} has no \"linformer\" model config")
-    tokenizer = folder / TOKENIZER_FILE
-    provenance = {"tokenizer_sha256": sha256_file(tokenizer)} if tokenizer.is_file() else {}
-    state = read_weights(folder / WEIGHTS_FILE, config.get("tied", {}))
-    model_args = {"vocab_size": config.get("vocab_size"), "pad_id": config.get("special_ids", {}).get("pad")}
-    return {"model": state, "cfg": {"model": config["linformer"]}, "provenance": provenance, "model_args": model_args}
-
-
 def to_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     """`bf16`, `fp16`, `fp32` (or a torch dtype) -> the torch dtype."""
     if isinstance(dtype, torch.dtype):

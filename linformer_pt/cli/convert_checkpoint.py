@@ -1,11 +1,14 @@
 """`linformer-convert-checkpoint --trust-pickle OLD.pt NEW.pt`: rewrite an older checkpoint as a safe one.
 
 Checkpoints load with torch's weights_only unpickler, which runs no code. Checkpoints written by linformer-pt 0.1
-before that change stored one class (torch's TorchVersion in the provenance), so they are refused. This command
-loads such a file with the full pickle machinery, which runs whatever the file asks for: only do it for a file
-whose source you trust (your own runs). It writes NEW.pt with plain values only; OLD.pt is left as it is.
+before that change stored one class (torch's TorchVersion, a str subclass, in the provenance), so they are refused.
+This command reads such a file with the same safe unpickler, allowing that one class and nothing else (a file that
+names any other class or function is refused, and nothing in it runs), and writes NEW.pt with plain values only;
+OLD.pt is left as it is. --trust-pickle says that the file is one of your own older checkpoints.
 """
 import argparse
+import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -48,10 +51,16 @@ def convert(source: Path, target: Path) -> Path:
         raise UserError(f"{source}: no such file")
     if target.exists():
         raise UserError(f"{target} already exists; choose a new file name (the source is never overwritten)")
-    try:
-        with warnings.catch_warnings():
+    from torch.torch_version import TorchVersion
+
+    try:  # the safe unpickler, with the one class older checkpoints of this project hold
+        with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
             warnings.simplefilter("ignore")
-            state = torch.load(source, map_location="cpu", weights_only=False)  # trusted by the user's flag
+            state = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names {found.group(1)}" if found else "not a torch.save file"
+        raise UserError(f"{source} is not an older linformer-pt checkpoint ({what}); nothing in it was run") from None
     except Exception as err:
         raise UserError(f"{source} is truncated or not a checkpoint ({str(err).strip().splitlines()[0]})") from None
     if not isinstance(state, dict) or "model" not in state:
@@ -67,15 +76,15 @@ def convert(source: Path, target: Path) -> Path:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="the checkpoint to convert (loaded with full pickle: trust it first)")
+    parser.add_argument("source", help="an older linformer-pt checkpoint to convert")
     parser.add_argument("target", help="the new checkpoint file (must not exist)")
     parser.add_argument("--trust-pickle", action="store_true",
-                        help="required: says you trust the source file, whose loading can run code")  # fmt: skip
+                        help="required: says the file is one of your own older checkpoints")  # fmt: skip
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with one_line_errors(PROG):
         if not args.trust_pickle:
-            raise UserError(f"loading {args.source} can run code from the file; pass --trust-pickle if you trust "
-                            "its source (e.g. your own older runs)")  # fmt: skip
+            raise UserError(f"{args.source} is converted only on request: pass --trust-pickle to say it is one of your "
+                            "own older checkpoints (only the classes they hold are read; nothing runs)")  # fmt: skip
         target = convert(Path(args.source).expanduser(), Path(args.target).expanduser())
         print(f"wrote {target}: loads with weights_only=True", flush=True)
 

@@ -8,9 +8,10 @@ given as init_from keeps the older contract: the composed model must fit its wei
 """
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Union
 
 from linformer_pt.config import TrainConfig
+from linformer_pt.errors import UserError
 from linformer_pt.sweeps.labels import override_key
 
 
@@ -35,3 +36,26 @@ def from_export_folder(config: TrainConfig, overrides: Sequence[str]) -> "tuple[
         tokenizer = dataclasses.replace(tokenizer, path=str(folder / TOKENIZER_FILE))
         notes.append(f"tokenizer from {folder / TOKENIZER_FILE}")
     return dataclasses.replace(config, model=model, tokenizer=tokenizer), notes
+
+
+def load_init_source(path: Union[str, Path]) -> Dict[str, Any]:
+    """checkpoint.init_from: a training checkpoint, or an export folder (linformer-export, linformer-import) read as
+    one: {"model": weights, "cfg": {"model": its model config}, "provenance": {"tokenizer_sha256": ...}, ...},
+    which models/loading.py's load_weights copies into the new model (resized, E/F added for a standard source)."""
+    from linformer_pt.data.cache import sha256_file
+    from linformer_pt.hub import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_format, read_weights
+    from linformer_pt.training.checkpoint import load_checkpoint
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return load_checkpoint(folder)
+    config = check_format(folder)
+    if config.get("task", {}).get("name", "masked_lm") != "masked_lm":
+        raise UserError(f"checkpoint.init_from={folder} is a fine-tuned model; start from a masked-LM export")
+    if not isinstance(config.get("linformer"), dict):
+        raise UserError(f"{folder / CONFIG_FILE} has no \"linformer\" model config")
+    tokenizer = folder / TOKENIZER_FILE
+    provenance = {"tokenizer_sha256": sha256_file(tokenizer)} if tokenizer.is_file() else {}
+    state = read_weights(folder / WEIGHTS_FILE, config.get("tied", {}))
+    model_args = {"vocab_size": config.get("vocab_size"), "pad_id": config.get("special_ids", {}).get("pad")}
+    return {"model": state, "cfg": {"model": config["linformer"]}, "provenance": provenance, "model_args": model_args}

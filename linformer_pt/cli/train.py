@@ -24,8 +24,7 @@ from linformer_pt.cli.console import tee_console
 from linformer_pt.cli.preflight import check_input_paths, rerun_of_finished
 from linformer_pt.errors import RunInterrupted, UserError
 from linformer_pt.models.loading import load_weights
-from linformer_pt.cli.init_source import from_export_folder
-from linformer_pt.hub import load_init_source
+from linformer_pt.cli.init_source import from_export_folder, load_init_source
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
 from linformer_pt.training.resume import check_run_folder_free, find_checkpoint, run_folder_lock

@@ -11,7 +11,7 @@ from import_sources import padded_batch, transformers_folder  # noqa: E402
 from linformer_pt import LinformerForMaskedLM  # noqa: E402
 from linformer_pt.cli import import_model as import_cli  # noqa: E402
 from linformer_pt.config import CheckpointConfig  # noqa: E402
-from linformer_pt.hub import load_init_source  # noqa: E402
+from linformer_pt.cli.init_source import load_init_source  # noqa: E402
 from linformer_pt.models.linformer_roberta import LinformerRoberta  # noqa: E402
 from linformer_pt.models.loading import load_weights  # noqa: E402
 

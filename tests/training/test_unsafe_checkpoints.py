@@ -150,3 +150,10 @@ def test_convert_needs_trust_and_makes_a_safe_copy(tmp_path):
     assert old.read_bytes() == before
     again = command("linformer-convert-checkpoint", "--trust-pickle", str(old), str(tmp_path / "new.pt"), cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_convert_refuses_a_hostile_pickle_even_with_the_flag(hostile, tmp_path):
+    evil, marker = hostile
+    result = command("linformer-convert-checkpoint", "--trust-pickle", str(evil), str(tmp_path / "new.pt"), cwd=tmp_path)
+    assert result.returncode == 2 and "it names posix.system" in result.stderr
+    assert not marker.exists() and not (tmp_path / "new.pt").exists()
