@@ -16,7 +16,7 @@ import torch
 from linformer_pt.errors import UserError
 from linformer_pt.hub import (
     CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, LinformerForMaskedLM, check_format, find_tokenizer, read_weights,
-    resolve_checkpoint, special_ids_in, write_export,
+    resolve_checkpoint, write_export,
 )  # fmt: skip
 from linformer_pt.models.classifier import LinformerRobertaClassifier
 from linformer_pt.models.linformer_roberta import LinformerRobertaConfig
@@ -39,10 +39,10 @@ class FineTuned:
 
     def save_pretrained(self, folder: PathLike, dtype: Optional[Union[str, torch.dtype]] = None) -> List[Path]:
         """Write the export (weights in `dtype`, default fp32); returns the paths written."""
-        from linformer_pt.data.tokenizer import load_tokenizer
+        from linformer_pt.data.tokenizer import load_tokenizer, special_ids
 
         config = {
-            "special_ids": special_ids_in(load_tokenizer(self.tokenizer_path)),
+            "special_ids": special_ids(load_tokenizer(self.tokenizer_path)),
             "parameters": self.num_parameters(),
             "task": dataclasses.asdict(self.task_cfg),
             "task_state": self.state,

@@ -12,7 +12,9 @@ import torch
 from tokenizers import Tokenizer
 
 from linformer_pt.data.cache import sha256_file
-from linformer_pt.data.tokenizer import MASK_TOKEN, TOKENIZER_FILE, load_tokenizer, special_token_set, special_tokens
+from linformer_pt.data.tokenizer import (
+    MASK_TOKEN, TOKENIZER_FILE, load_tokenizer, special_ids, special_token_set, special_tokens,
+)  # fmt: skip
 from linformer_pt.errors import UserError
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
 from linformer_pt.models.resize import resize_for
@@ -137,12 +139,6 @@ def refuse_fine_tuned(source: Path, task: str) -> None:
     if task != "masked_lm":
         raise UserError(f"{source} is a fine-tuned task={task} model, not a masked LM: predict with linformer-predict; "
                         "to fine-tune again, start from its pretraining run")  # fmt: skip
-
-
-def special_ids_in(tokenizer: Tokenizer) -> Dict[str, int]:
-    """Ids of <s>, <pad>, </s>, <unk> and <mask> (or BERT's [CLS] [PAD] [SEP] [UNK] [MASK]) in `tokenizer`
-    (config.json records them)."""
-    return {key: tokenizer.token_to_id(token) for key, token in special_tokens(tokenizer).items()}
 
 
 def write_export(
@@ -290,7 +286,7 @@ class LinformerForMaskedLM(LinformerRoberta):
 
     def special_ids(self) -> Dict[str, int]:
         """Ids of <s>, <pad>, </s>, <unk> and <mask> in this model's tokenizer."""
-        return special_ids_in(self.tokenizer)
+        return special_ids(self.tokenizer)
 
     @property
     def mask_token(self) -> str:

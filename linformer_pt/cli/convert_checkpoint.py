@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 
 from linformer_pt.cli.common import one_line_errors
 from linformer_pt.errors import UserError
+from linformer_pt.training.checkpoint import first_line
 
 PROG = "linformer-convert-checkpoint"
 
@@ -62,7 +63,7 @@ def convert(source: Path, target: Path) -> Path:
         what = f"it names {found.group(1)}" if found else "not a torch.save file"
         raise UserError(f"{source} is not an older linformer-pt checkpoint ({what}); nothing in it was run") from None
     except Exception as err:
-        raise UserError(f"{source} is truncated or not a checkpoint ({str(err).strip().splitlines()[0]})") from None
+        raise UserError(f"{source} is truncated or not a checkpoint ({first_line(err)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{source} is not a linformer-pt checkpoint (no model state)")
     plain = to_plain(state)

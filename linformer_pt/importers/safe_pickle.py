@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from linformer_pt.errors import UserError
+from linformer_pt.training.checkpoint import first_line
 
 # Names whose pickled objects are data to us: stand-ins replace them, so their code never runs.
 INERT = ("argparse.Namespace", "omegaconf.", "typing.", "fairseq.", "numpy.", "collections.", "enum.", "pathlib.")
@@ -46,12 +47,12 @@ def load_foreign(path: Path) -> Any:
             name = found.group(1) if found else None
             inert = name is not None and (name.startswith(INERT) or name in BUILTIN_TYPES)
             if not inert or name in names or f"builtins.{name}" in names or len(names) >= MAX_NAMES:
-                what = f"it names {name}" if name else str(err).splitlines()[0]
+                what = f"it names {name}" if name else first_line(err)
                 raise UserError(f"{path} is not a safe checkpoint: loading it could run code ({what}); nothing in it "
                                 "was run. Only tensors, plain containers and hyperparameters are read") from None  # fmt: skip
             names.add(f"builtins.{name}" if name in BUILTIN_TYPES else name)
         except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for damaged or foreign files
-            raise UserError(f"{path} is truncated or not a torch.save file ({str(err).splitlines()[0]})") from None
+            raise UserError(f"{path} is truncated or not a torch.save file ({first_line(err)})") from None
 
 
 def plain(value: Any) -> Any:

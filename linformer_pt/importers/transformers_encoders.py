@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from linformer_pt.errors import UserError
+from linformer_pt.training.checkpoint import first_line
 from linformer_pt.importers import write_import
 from linformer_pt.importers.tokenizer_files import transformers_tokenizer
 from linformer_pt.models.linformer_roberta import LinformerRobertaConfig
@@ -56,7 +57,7 @@ def read_config(folder: Path) -> Any:
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"{folder / 'config.json'}: transformers cannot read it ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{folder / 'config.json'}: transformers cannot read it ({first_line(err)})") from None
     checks = {
         "hidden_act": (getattr(config, "hidden_act", "gelu"), "gelu"),
         "position_embedding_type": (getattr(config, "position_embedding_type", "absolute") or "absolute", "absolute"),
@@ -86,7 +87,7 @@ def read_state(folder: Path) -> Dict[str, torch.Tensor]:
             try:
                 state.update(load_file(str(path)))
             except (SafetensorError, OSError, ValueError) as err:
-                raise UserError(f"{path} is truncated or not a safetensors file ({str(err).splitlines()[0]})") from None
+                raise UserError(f"{path} is truncated or not a safetensors file ({first_line(err)})") from None
         return state
     binary = folder / "pytorch_model.bin"
     if not binary.is_file():
@@ -94,7 +95,7 @@ def read_state(folder: Path) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(binary, map_location="cpu", weights_only=True)
     except Exception as err:  # an unsafe pickle, or a damaged file: nothing in it was run either way
-        raise UserError(f"{binary} cannot be read safely ({str(err).splitlines()[0]}); nothing in it was run. "
+        raise UserError(f"{binary} cannot be read safely ({first_line(err)}); nothing in it was run. "
                         "Save the model as model.safetensors") from None  # fmt: skip
     if not isinstance(state, dict):
         raise UserError(f"{binary} holds no state dict")
