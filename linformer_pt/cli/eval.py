@@ -125,7 +125,7 @@ def eval_batches(model: Any, config: TrainConfig) -> Tuple[Iterator[Dict[str, to
     """The validation batches the run's validate() reads (its subset or stream head, its masks), and how many
     there are (None when streamed: unknown before the end)."""
     from linformer_pt.data.batching import EpochBatchIterator
-    from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
+    from linformer_pt.data.masking import MaskedLMDataset, collate
     from linformer_pt.data.streaming import StreamingBatchIterator
     from linformer_pt.data.tokenizer import load_tokenizer, special_ids, special_mask, word_begins
     from linformer_pt.tasks.masked_lm import streamed_valid, valid_subset
@@ -138,7 +138,7 @@ def eval_batches(model: Any, config: TrainConfig) -> Tuple[Iterator[Dict[str, to
         stream = streamed_valid(config, tokenizer, ids, special_mask(tokenizer), begins)
         iterator = StreamingBatchIterator(stream, data.batch_size, 0)
         return iterator.epoch_iter(), None
-    masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
+    masking = t.masking()
     full = MaskedLMDataset(eval_corpus(config, model.tokenizer_path), t.tokens_per_sample, t.sample_break_mode,
                            masking, ids, special_mask(tokenizer), seed, begins)  # fmt: skip
     dataset = valid_subset(full, data.max_valid_tokens, seed)

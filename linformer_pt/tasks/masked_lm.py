@@ -52,6 +52,10 @@ class MaskedLMConfig:
         )  # fmt: skip
         check(self.mask_multiple_length >= 1, f"task.mask_multiple_length={self.mask_multiple_length} must be >= 1")
 
+    def masking(self) -> MaskingConfig:
+        """The masking these settings describe (training, validation, streamed or not, and linformer-eval)."""
+        return MaskingConfig(self.mask_prob, self.leave_unmasked_prob, self.random_token_prob, self.mask_multiple_length)
+
 
 def budget_subset(lengths: np.ndarray, max_tokens: int, seed: int) -> np.ndarray:
     """Sorted indices of a fixed subset of items (samples, examples) whose lengths sum to just past max_tokens.
@@ -99,7 +103,7 @@ def streamed_valid(
     files: List[Any] = list(data.valid_files)
     if data.name == "hf" and data.hf_valid_split:  # else valid_files (the config check asks for one of them)
         files = [ArrowSplit(data.hf_name, data.hf_valid_split, data.text_field)]
-    masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
+    masking = t.masking()
     return StreamingMaskedLM(
         files, data.text_field, tokenizer, special_ids, is_special, t.tokens_per_sample, masking, cfg.common.seed,
         0, 1, word_begins, 0, data.encoding_errors, key="dataset.valid_files", file_glob=data.file_glob,
@@ -180,7 +184,7 @@ class MaskedLMTask:
 
     def dataset(self, split: str, rank: int = 0, world_size: int = 1) -> Union[MaskedLMDataset, StreamingMaskedLM]:
         t, data = self.task_cfg, self.cfg.dataset
-        masking = MaskingConfig(t.mask_prob, t.leave_unmasked_prob, t.random_token_prob, t.mask_multiple_length)
+        masking = t.masking()
         if data.streaming and split == "valid":
             return streamed_valid(self.cfg, self.tokenizer, self.special_ids, self.is_special, self.word_begins,
                                   rank, world_size)  # fmt: skip

@@ -63,8 +63,9 @@ class Trainer:
         self.device = local_device(resolve_device(cfg.common.device), dist)
         self.provenance = provenance(task.provenance())  # hashes and git revision: once, not at every save
         state = None if resume_from is None else load_resume_state(resume_from, cfg, self.provenance, dist.world_size)
-        if state is not None and dist.is_main and schedule_change(state, cfg):
-            print(schedule_change(state, cfg), flush=True)
+        note = schedule_change(state, cfg) if state is not None else None
+        if note and dist.is_main:
+            print(note, flush=True)
         if state is not None:
             model.load_state_dict(state["model"])  # before wrapping: DDP broadcasts it, FSDP shards it
         self.model = model.to(self.device)
