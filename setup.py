@@ -17,7 +17,8 @@ setup(
         "linformer_pt.tasks",
         "linformer_pt.training",
         "linformer_pt.configs",
-        "linformer_pt.hf",
+        "linformer_pt.hub",
+        "linformer_pt.hub.transformers_code",
         "linformer_pt.sweeps",
         "linformer_pt.analysis",
     ],
@@ -40,7 +41,7 @@ setup(
         "wandb": ["wandb>=0.16"],
         "plot": ["matplotlib>=3.7"],
         "slurm": ["hydra-submitit-launcher>=1.2"],
-        # Exports also load through transformers' Auto classes (linformer_pt/hf/); its Trainer needs accelerate.
+        # Exports also load through transformers' Auto classes (hub/transformers_code/); its Trainer needs accelerate.
         "hf": ["transformers>=5.0", "accelerate>=1.1"],
         "dev": ["pytest>=7.4", "matplotlib>=3.7", "wandb>=0.16", "hydra-submitit-launcher>=1.2", "transformers>=5.0",
                 "accelerate>=1.1"],

@@ -13,7 +13,7 @@ from hub_fixtures import train_tiny_run
 from linformer_pt import LinformerForMaskedLM
 from linformer_pt.cli import eval as eval_cli, export as export_cli
 from linformer_pt.errors import UserError
-from linformer_pt.hub import read_weights, unique_tensors
+from linformer_pt.hub.export_folder import read_weights, unique_tensors
 from linformer_pt.models.linformer_roberta import LinformerRobertaConfig
 from linformer_pt.models.loading import load_model
 
@@ -239,8 +239,8 @@ def test_exporting_onto_a_file_is_refused(run, tmp_path, capsys):
 
 
 def test_export_reads_the_checkpoint_once(run, tmp_path, monkeypatch):
-    import linformer_pt.fine_tuned as fine_tuned
-    import linformer_pt.hub as hub
+    import linformer_pt.hub.fine_tuned as fine_tuned
+    import linformer_pt.hub.export_folder as hub
 
     reads = []
     real = hub.load_checkpoint

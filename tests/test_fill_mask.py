@@ -10,7 +10,7 @@ from linformer_pt import LinformerForMaskedLM
 from linformer_pt.cli import export as export_cli, fill_mask as fill_mask_cli
 from linformer_pt.data.tokenizer import load_tokenizer, train_tokenizer
 from linformer_pt.errors import UserError
-from linformer_pt.hub import prompt_tokenizer
+from linformer_pt.hub.export_folder import prompt_tokenizer
 
 # The training phrase in a context like the training documents' (a few words, then the phrase).
 PROMPT = "all saw old one . the quick brown <mask> jumps over the lazy <mask> . all saw old one ."

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> Tuple[Path, Path, str]:
     from linformer_pt.analysis import plots
     from linformer_pt.analysis.projections import check_projections, format_table, projections_report
     from linformer_pt.analysis.spectrum import default_k, format_summary, spectrum_report
-    from linformer_pt.hub import load_any
+    from linformer_pt.hub.export_folder import load_any
 
     model = load_any(args.model, args.last)
     if args.command == "projections":

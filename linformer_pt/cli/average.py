@@ -147,7 +147,7 @@ def tokenizer_to_copy(out: Path, newest_path: Path, newest: Dict[str, Any]) -> T
     tokenizer where the copy would go is refused; a run without its tokenizer.json is only a warning (init_from
     needs none; eval, export and fill-mask do)."""
     from linformer_pt.data.tokenizer import TOKENIZER_FILE
-    from linformer_pt.hub import find_tokenizer
+    from linformer_pt.hub.export_folder import find_tokenizer
 
     try:
         source = find_tokenizer(newest_path, newest)

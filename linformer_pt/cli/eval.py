@@ -184,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     # intermixed: options may follow the model and the overrides (`linformer-eval RUN eval_files=[a] --last`)
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     with one_line_errors(PROG):
-        from linformer_pt.hub import load_any
+        from linformer_pt.hub.export_folder import load_any
         from linformer_pt.training.trainer import resolve_device
 
         model = load_any(args.model, args.last)

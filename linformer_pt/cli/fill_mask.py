@@ -60,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise UserError(f"--file {args.file}: no such file")
         if not args.texts and not args.file:
             raise UserError("no text given; pass texts with <mask> or --file with one text per line")
-        from linformer_pt.hub import load_any
+        from linformer_pt.hub.export_folder import load_any
 
         model = load_any(args.model, last=False)
         texts = read_texts(args.texts, args.file, model.mask_token)  # "[MASK]" for a model imported from BERT

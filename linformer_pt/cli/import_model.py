@@ -28,7 +28,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     with one_line_errors(PROG):
         from pathlib import Path
 
-        from linformer_pt.importers import import_model
+        from linformer_pt.hub.importing import import_model
 
         if args.heads is not None and args.heads < 1:
             raise UserError(f"--heads {args.heads} must be >= 1")

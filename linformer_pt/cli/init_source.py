@@ -17,7 +17,7 @@ from linformer_pt.sweeps.labels import override_key
 
 def from_export_folder(config: TrainConfig, overrides: Sequence[str]) -> "tuple[TrainConfig, List[str]]":
     """The config of a run whose checkpoint.init_from is an export folder, and lines saying what was taken."""
-    from linformer_pt.hub import CONFIG_FILE, TOKENIZER_FILE, check_format
+    from linformer_pt.hub.export_folder import CONFIG_FILE, TOKENIZER_FILE, check_format
     from linformer_pt.registry import build_dataclass
 
     folder = Path(config.checkpoint.init_from or "").expanduser()
@@ -43,7 +43,7 @@ def load_init_source(path: Union[str, Path]) -> Dict[str, Any]:
     one: {"model": weights, "cfg": {"model": its model config}, "provenance": {"tokenizer_sha256": ...}, ...},
     which models/loading.py's load_weights copies into the new model (resized, E/F added for a standard source)."""
     from linformer_pt.data.cache import sha256_file
-    from linformer_pt.hub import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_format, read_weights
+    from linformer_pt.hub.export_folder import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, check_format, read_weights
     from linformer_pt.training.checkpoint import load_checkpoint
 
     folder = Path(path).expanduser()

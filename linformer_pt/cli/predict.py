@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         from linformer_pt.config import check_device
         from linformer_pt.data.labelled import encode_labels, read_labelled
         from linformer_pt.data.tokenizer import load_tokenizer
-        from linformer_pt.fine_tuned import load_classifier
+        from linformer_pt.hub.fine_tuned import load_classifier
         from linformer_pt.tasks.metrics import classification_metrics, regression_metrics
         from linformer_pt.tasks.sentence_prediction import encode_examples, special_ids_of
         from linformer_pt.training.trainer import resolve_device

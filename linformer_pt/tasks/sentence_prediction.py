@@ -131,7 +131,7 @@ class SentencePredictionTask:
         source = cfg.checkpoint.finetune_from
         self.pretrained = None
         if source:
-            from linformer_pt.hub import load_any  # the hub loads exports and checkpoints alike
+            from linformer_pt.hub.export_folder import load_any  # the hub loads exports and checkpoints alike
 
             self.pretrained = load_any(source)
         given = cfg.tokenizer.path or (self.pretrained.tokenizer_path if self.pretrained is not None else None)

@@ -14,8 +14,8 @@ from linformer_pt.cli import export as export_cli
 from linformer_pt.cli import predict as predict_cli
 from linformer_pt.cli.train import run
 from linformer_pt.errors import UserError
-from linformer_pt.fine_tuned import load_classifier
-from linformer_pt.hub import LinformerForMaskedLM
+from linformer_pt.hub.fine_tuned import load_classifier
+from linformer_pt.hub.export_folder import LinformerForMaskedLM
 from linformer_pt.training.checkpoint import load_checkpoint
 
 GOOD = "great fine lovely superb wonderful".split()

@@ -1,6 +1,6 @@
 """Pretrained encoders from elsewhere as linformer-pt export folders (linformer-import).
 
-One module per source format (transformers_encoders.py: RoBERTa/XLM-R/CamemBERT/BERT folders; fairseq.py: RoBERTa
+One module per source format (from_transformers.py: RoBERTa/XLM-R/CamemBERT/BERT folders; from_fairseq.py: RoBERTa
 and linformer_roberta checkpoints); each maps the source's weights onto LinformerRoberta exactly, then `write_import`
 writes the same folder linformer-export does. Nothing is unpickled that could run code (safe_pickle.py).
 """
@@ -25,7 +25,7 @@ def write_import(
 ) -> List[Path]:
     """Build the model from `cfg` and `state` (all its weights, strictly), then write OUT as linformer-export does."""
     from linformer_pt.data.tokenizer import TOKENIZER_FILE, special_ids
-    from linformer_pt.hub import LinformerForMaskedLM
+    from linformer_pt.hub.export_folder import LinformerForMaskedLM
 
     vocab = state["embed_tokens.weight"].shape[0]
     if tokenizer.get_vocab_size() != vocab:
@@ -52,11 +52,11 @@ def import_model(src: Path, out: Path, **options: Any) -> List[Path]:
     if not src.exists():
         raise UserError(f"{src}: no such file or folder")
     if src.is_file() or (src / "model.pt").is_file():
-        from linformer_pt.importers.fairseq import import_fairseq
+        from linformer_pt.hub.from_fairseq import import_fairseq
 
         return import_fairseq(src, Path(out).expanduser(), **options)
     if (src / "config.json").is_file():
-        from linformer_pt.importers.transformers_encoders import import_transformers
+        from linformer_pt.hub.from_transformers import import_transformers
 
         return import_transformers(src, Path(out).expanduser(), dtype=options.get("dtype"))
     raise UserError(f"{src} is neither a transformers model folder (config.json + weights + tokenizer) nor a fairseq "

@@ -16,8 +16,8 @@ import torch
 
 from linformer_pt.errors import UserError
 from linformer_pt.training.checkpoint import first_line
-from linformer_pt.importers import write_import
-from linformer_pt.importers.tokenizer_files import transformers_tokenizer
+from linformer_pt.hub.importing import write_import
+from linformer_pt.hub.tokenizer_files import transformers_tokenizer
 from linformer_pt.models.linformer_roberta import LinformerRobertaConfig
 
 ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
@@ -78,7 +78,7 @@ def read_state(folder: Path) -> Dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     files = [folder / "model.safetensors"]
     if index.is_file():
-        from linformer_pt.importers.tokenizer_files import read_json
+        from linformer_pt.hub.tokenizer_files import read_json
 
         files = sorted({folder / name for name in read_json(index).get("weight_map", {}).values()})
     if all(f.is_file() for f in files):

@@ -1,7 +1,7 @@
 """Trained models as folders: model.safetensors (weights only), config.json and tokenizer.json.
 
 LinformerForMaskedLM.save_pretrained writes that layout and from_pretrained reads it back without unpickling
-anything; the folder also carries what transformers' custom-model mechanism needs (linformer_pt/hf/).
+anything; the folder also carries what transformers' custom-model mechanism needs (linformer_pt/hub/transformers_code/).
 """
 import json
 import shutil
@@ -25,7 +25,7 @@ from linformer_pt.training.checkpoint import CHECKPOINT_BEST, CHECKPOINT_LAST, l
 FORMAT = "linformer-pt"
 FORMAT_VERSION = 1  # bump when config.json or the weight names change meaning
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-HF_MODULE = "modeling_linformer.py"  # written beside the weights (hf/bundle.py) for trust_remote_code
+HF_MODULE = "modeling_linformer.py"  # written beside the weights (transformers_code/bundle.py) for trust_remote_code
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 PathLike = Union[str, Path]
@@ -158,7 +158,7 @@ def write_export(
     """
     from safetensors.torch import save_file
 
-    from linformer_pt.hf import write_hf_files
+    from linformer_pt.hub.transformers_code import write_hf_files
 
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():

@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from linformer_pt.errors import UserError
-from linformer_pt.importers import write_import
-from linformer_pt.importers.safe_pickle import load_foreign, plain
-from linformer_pt.importers.tokenizer_files import fairseq_tokenizer, optional_file
+from linformer_pt.hub.importing import write_import
+from linformer_pt.hub.safe_pickle import load_foreign, plain
+from linformer_pt.hub.tokenizer_files import fairseq_tokenizer, optional_file
 from linformer_pt.models.linformer_roberta import LinformerRobertaConfig
 
 PAD = 1  # fairseq's Dictionary: <s> <pad> </s> <unk> first

@@ -1,10 +1,10 @@
 """Fine-tuned sentence_prediction models from a run folder, a checkpoint or an export, and their export.
 
-An export of a fine-tuned run has the masked-LM export's layout (hub.py: model.safetensors, config.json,
+An export of a fine-tuned run has the masked-LM export's layout (export_folder.py: model.safetensors, config.json,
 tokenizer.json and the code transformers imports) plus the task: its settings (columns, truncation,
 tokens_per_sample) and its label map. So linformer-predict reads a new file exactly as the run read its validation
 file, wherever the export is copied, and AutoModelForSequenceClassification loads the trained head with the label
-names (linformer_pt/hf/).
+names (linformer_pt/hub/transformers_code/).
 """
 import dataclasses
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from linformer_pt.errors import UserError
-from linformer_pt.hub import (
+from linformer_pt.hub.export_folder import (
     CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, LinformerForMaskedLM, check_format, find_tokenizer, read_weights,
     resolve_checkpoint, write_export,
 )  # fmt: skip

@@ -13,9 +13,13 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 
 def write_hf_files(folder: Path, config: Dict[str, Any]) -> List[Path]:
     """Write the custom-model code into `folder` and a tokenizer_config.json naming the tokenizer's special tokens."""
-    from linformer_pt.hf.bundle import write_bundle
+    from linformer_pt.hub.transformers_code.bundle import write_bundle
 
-    modules = write_bundle(folder)
+    return write_bundle(folder) + [write_tokenizer_config(folder, config)]
+
+
+def write_tokenizer_config(folder: Path, config: Dict[str, Any]) -> Path:
+    """tokenizer_config.json: AutoTokenizer reads tokenizer.json with these special tokens and maximum length."""
     # The tokenizer's own strings: RoBERTa's <s> <pad> </s> <unk> <mask>, or BERT's [CLS] [PAD] [SEP] [UNK] [MASK].
     tokens = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>",
               **config.get("special_tokens", {})}  # fmt: skip
@@ -37,4 +41,4 @@ def write_hf_files(folder: Path, config: Dict[str, Any]) -> List[Path]:
     }
     path = folder / TOKENIZER_CONFIG
     path.write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
-    return modules + [path]
+    return path
