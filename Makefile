@@ -25,7 +25,7 @@ test: $(STAMP)
 
 ## test-fast: the suite without the tests marked slow (pytest.ini), for quick checks while editing
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests -m "not slow and not slurm"
+	$(BIN)/python -m pytest -q tests -m "not slow and not slurm and not multinode"
 
 clean-outputs:
 	rm -rf outputs multirun

@@ -188,6 +188,9 @@ class TrainerConfig:
     distributed_backend: str = "ddp"  # ddp | fsdp (FSDP2: parameters, gradients and optimizer state sharded)
     compile: bool = False  # torch.compile the model (opt-in: first steps are slow)
     peak_tflops: float = 0.0  # the device's peak, for MFU in the logs; 0: known GPUs are looked up, else no MFU
+    # Several processes: a collective (or rank 0's first data preparation) waiting longer than this for another
+    # process fails the run with one line instead of hanging; torchrun --max-restarts then resumes it.
+    distributed_timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
         check_choice("trainer.precision", self.precision, ["fp32", "bf16", "fp16"])
@@ -199,6 +202,8 @@ class TrainerConfig:
             f"trainer.fp16_min_scale={self.fp16_min_scale} must be in (0, trainer.fp16_init_scale={self.fp16_init_scale}]",
         )
         check(self.peak_tflops >= 0, f"trainer.peak_tflops={self.peak_tflops} must be >= 0")
+        check(self.distributed_timeout_minutes > 0,
+              f"trainer.distributed_timeout_minutes={self.distributed_timeout_minutes} must be > 0")  # fmt: skip
 
 
 @dataclass

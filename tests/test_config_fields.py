@@ -66,6 +66,7 @@ BAD = {
     "trainer.distributed_backend": ["trainer.distributed_backend=deepspeed"],
     "trainer.compile": ["trainer.compile=sometimes"],
     "trainer.peak_tflops": ["trainer.peak_tflops=-1"],
+    "trainer.distributed_timeout_minutes": ["trainer.distributed_timeout_minutes=0"],
     "checkpoint.save_dir": ["checkpoint.save_dir=''"],
     "checkpoint.save_interval_updates": ["checkpoint.save_interval_updates=-1"],
     "checkpoint.save_interval_minutes": ["checkpoint.save_interval_minutes=-1"],

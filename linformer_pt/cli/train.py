@@ -1,11 +1,13 @@
 """`linformer-train`: the Hydra app that composes configs/train.yaml and runs one training job.
 
 Bad input (a UserError) or a diverged run is one line on stderr with exit status 2; outputs already on disk stay.
+With several processes, one that went away or stopped answering is one line on the others, with exit status 1.
 The command line is validated before Hydra creates the run folder, so a bad value leaves nothing behind.
 """
 import dataclasses
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,7 +28,16 @@ from linformer_pt.errors import RunInterrupted, UserError
 from linformer_pt.models.loading import load_weights
 from linformer_pt.cli.init_source import from_export_folder, load_init_source
 from linformer_pt.registry import MODELS, TASKS
+from linformer_pt.training.checkpoint import CHECKPOINT_LAST
 from linformer_pt.training.distributed import DistributedInfo, barrier, init_distributed, shutdown, world_from_env
+from linformer_pt.training.elastic import (
+    PeerLost,
+    check_one_tokenizer,
+    check_shared_folder,
+    peer_failure,
+    peer_failures_in_one_line,
+    resume_line,
+)
 from linformer_pt.training.resume import check_run_folder_free, find_checkpoint, run_folder_lock
 from linformer_pt.training.summary import failure_summary, finished_summary, run_summary, write_summary
 from linformer_pt.training.trainer import Trainer, resolve_device
@@ -41,18 +52,36 @@ def run(cfg: DictConfig, output_dir: Path, run_name: str = "", overrides: Sequen
     """
     config = load_config(cfg)
     torch.set_num_threads(config.common.threads or TORCH_DEFAULT_THREADS)  # not what an earlier job in this process set
-    dist = init_distributed(resolve_device(config.common.device))
+    timeout = timedelta(minutes=config.trainer.distributed_timeout_minutes)
     name = config.logging.run_name or run_name or output_dir.name
     try:
+        dist = init_distributed(resolve_device(config.common.device), config.trainer.distributed_timeout_minutes)
+        check_shared_folder(output_dir, dist.rank, dist.world_size, timeout)
         config, notes = from_export_folder(config, overrides)  # a run from an imported model takes its model
         if dist.is_main and notes and find_checkpoint(config, output_dir) is None:
             print("; ".join(notes), flush=True)
         done = finished_summary(output_dir, config)
-        if done is not None:
-            return already_finished(done, output_dir, dist.is_main)
-        return train_and_summarise(config, output_dir, dist, name, overrides)
+        result = (already_finished(done, output_dir, dist.is_main) if done is not None
+                  else train_and_summarise(config, output_dir, dist, name, overrides))  # fmt: skip
+        # No process tears its group down while a peer still has work queued on it (gloo aborted the process
+        # that did: a non-main rank finishes first, while rank 0 still saves).
+        barrier()
+        return result
+    except (RuntimeError, TimeoutError) as err:  # before or after training: no update to name
+        lost = peer_lost(err, config, output_dir, None)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         shutdown()
+
+
+def peer_lost(err: BaseException, config: TrainConfig, output_dir: Path, update: Optional[int]) -> Optional[PeerLost]:
+    """`err` as a one-line PeerLost when a collective failed because another process hung or went away, else None."""
+    last = output_dir / config.checkpoint.save_dir / CHECKPOINT_LAST
+    timeout = timedelta(minutes=config.trainer.distributed_timeout_minutes)
+    line = peer_failure(err, world_from_env().rank, timeout, update, last if last.is_file() else None)
+    return None if line is None else PeerLost(line)
 
 
 def already_finished(summary: Dict[str, Any], output_dir: Path, say_it: bool) -> Dict[str, Any]:
@@ -85,12 +114,20 @@ def train_and_summarise(
     except RunInterrupted:
         record_on_the_way_out(run_summary(built["trainer"], "interrupted", name, overrides, unigram=None))
         raise
-    except (UserError, FloatingPointError) as err:
-        if "trainer" in built:
-            failed = {**run_summary(built["trainer"], "failed", name, overrides, unigram=None), "error": str(err)}
+    except (UserError, FloatingPointError, RuntimeError, TimeoutError) as err:
+        ours = isinstance(err, (UserError, FloatingPointError))
+        trainer = built.get("trainer")
+        lost = None if ours else peer_lost(err, config, output_dir, trainer.update if trainer is not None else None)
+        if not ours and lost is None:
+            raise  # a bug: keep its traceback
+        message = str(lost or err)
+        if trainer is not None:
+            failed = {**run_summary(trainer, "failed", name, overrides, unigram=None), "error": message}
         else:
-            failed = failure_summary(config, str(err), name, overrides)
+            failed = failure_summary(config, message, name, overrides)
         record_on_the_way_out(failed)
+        if lost is not None:
+            raise lost from None
         raise
     if dist.is_main:
         unigram = built["task"].unigram_baseline() if hasattr(built["task"], "unigram_baseline") else None
@@ -114,14 +151,17 @@ def train(
     task = built["task"] = TASKS.get(config.task.name).cls.setup(config)
     if dist.is_main:
         barrier()
+    # Caches local to each machine must have made the same tokenizer: token ids mean words.
+    check_one_tokenizer(getattr(task, "tokenizer_path", None), dist.rank, dist.world_size)
     config, model = build_model(config, task)
     say = print if dist.is_main else (lambda *args, **kwargs: None)
     resume_from = find_checkpoint(config, output_dir)
-    if resume_from is not None:
-        say(f"resuming from {resume_from}", flush=True)
-    elif hasattr(task, "init_model"):
+    resuming = resume_line(resume_from)  # "elastic restart N: ..." after a restart by torchrun
+    if resuming:
+        say(resuming, flush=True)
+    if resume_from is None and hasattr(task, "init_model"):  # (a checkpoint to resume from: the Trainer loads it)
         say(task.init_model(model), flush=True)
-    elif config.checkpoint.init_from:
+    elif resume_from is None and config.checkpoint.init_from:
         checkpoint = load_init_source(config.checkpoint.init_from)  # a checkpoint, or an export folder
         check_same_tokenizer(checkpoint, task.provenance()["tokenizer_sha256"], config.checkpoint.init_from)
         load_weights(model, checkpoint)
@@ -205,7 +245,8 @@ def hydra_main(cfg: DictConfig) -> float:
     is_main = world_from_env().is_main
     # The folder's lock before its train.log: a run refused because another one uses the folder appends nothing.
     # (Trainer.fit takes the same lock again; within one process that is a no-op.)
-    with one_line_errors("linformer-train"), run_folder_lock(output_dir, is_main):
+    with peer_failures_in_one_line("linformer-train"), one_line_errors("linformer-train"), \
+            run_folder_lock(output_dir, is_main):
         with tee_console(output_dir / "train.log", enabled=is_main), one_line_errors("linformer-train"):
             summary = run(cfg, output_dir, hydra_cfg.job.override_dirname, list(hydra_cfg.overrides.task))
     return summary["final_valid"]["loss"]  # the value a Hydra sweeper would minimise

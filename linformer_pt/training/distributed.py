@@ -2,15 +2,18 @@
 
 Launch with `torchrun --nproc_per_node=N -m linformer_pt.cli.train ...` (add --nnodes/--rdzv-* for several
 nodes), or on Slurm with `hydra/launcher=slurm`. NCCL is used on GPUs, gloo on CPUs. Rank 0 alone writes logs
-and checkpoints.
+and checkpoints. Restarts, timeouts and the shared-folder check live in training/elastic.py.
 """
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, List, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from linformer_pt.training.elastic import init_process_group
 
 
 @dataclass(frozen=True)
@@ -39,14 +42,17 @@ def world_from_env() -> DistributedInfo:
     )
 
 
-def init_distributed(device: torch.device) -> DistributedInfo:
-    """Join the process group torchrun describes (if any); CUDA devices are chosen by local rank."""
+def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> DistributedInfo:
+    """Join the process group torchrun describes (if any); CUDA devices are chosen by local rank.
+
+    A collective that waits longer than `timeout_minutes` for another process raises instead of hanging.
+    """
     info = world_from_env()
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend)
+        init_process_group(backend, info.rank, info.world_size, timedelta(minutes=timeout_minutes))
     return info
 
 
