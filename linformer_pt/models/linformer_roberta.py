@@ -123,8 +123,10 @@ class LinformerRoberta(nn.Module):
         x = F.dropout(x, self.cfg.dropout, self.training)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-            if not padding_mask.any():
-                padding_mask = None  # lets attention skip the masking work
+            # No padding: attention can skip the masking work. In training the trainer drops such masks itself, on
+            # the host (training/step.py): looking here would make the host wait for the device every micro-batch.
+            if not self.training and not padding_mask.any():
+                padding_mask = None
         return self.encoder(x, padding_mask)
 
     def lm_head(self, features: Tensor) -> Tensor:

@@ -245,12 +245,13 @@ class MaskedLMTask:
         targets = (item["targets"][item["is_masked"]] for item in (samples[i] for i in range(len(samples))))
         return unigram_baseline(counts, self.is_special, targets)
 
-    def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
-        """Summed cross-entropy over masked tokens, and its value and token count for logging and normalising."""
+    def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Any]]:
+        """Summed cross-entropy over masked tokens, and its value (a detached tensor) and token count for logging."""
         logits = model(batch["tokens"], batch["padding_mask"], batch["masked_positions"])
         loss = F.cross_entropy(logits.float(), batch["targets"], reduction="sum")
-        # The trainer counts padding-free tokens itself, once per update; no second device sync here.
-        return loss, {"loss_sum": loss.item(), "masked": int(batch["targets"].numel())}
+        # The loss sum stays a device tensor: reading it here would make the host wait for the forward pass before
+        # it can queue the backward (the trainer sums it on the device and reads it once per log record).
+        return loss, {"loss_sum": loss.detach(), "masked": int(batch["targets"].numel())}
 
     def provenance(self) -> Dict[str, Any]:
         """Hashes that identify the data and tokenizer a model was trained on."""

@@ -1,9 +1,9 @@
 """The training loop: mixed precision, accumulation, clipping, LR schedule, DDP, validation, checkpoints, logs.
 
 Every update is a pure function of (seed, update, data position): dropout is reseeded per update and batches are
-rebuilt from (seed, epoch, index), which is what makes a resumed run match an uninterrupted one.
+rebuilt from (seed, epoch, index), which is what makes a resumed run match an uninterrupted one. An update itself
+(training/step.py) never waits for the device: the loop reads its results once per log record, validation or save.
 """
-import contextlib
 import math
 import shutil
 import time
@@ -33,6 +33,7 @@ from linformer_pt.training.progress import Progress
 from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock, schedule_change
 from linformer_pt.training.run_stats import RunStats
 from linformer_pt.training.signals import StopSignals, interrupted_message, multirun_sweep_dir
+from linformer_pt.training.step import Agreement, UpdateStats, UpdateStep
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,79 +97,35 @@ class Trainer:
         ck = cfg.checkpoint
         self.writer = CheckpointWriter(self.output_dir / ck.save_dir, ck.keep_last, ck.async_save)
         self.resumed_from = resume_from
+        self.step = UpdateStep(self)
         if state is not None:
             restore_training_state(self, state)
 
     # ---- one update -------------------------------------------------------------------------------------
+    def train_step(self, batches: List[Dict[str, Tensor]]) -> UpdateStats:
+        """One update over `batches` (update_freq micro-batches), queued on the device and not read back (step.py)."""
+        stats = self.step(batches, self.update)
+        if stats["stepped"]:
+            self.update += 1
+        else:
+            self.overflows += 1  # fp16 overflow: this update is skipped and the loss scale lowered
+        return stats
+
+    def _collect(self) -> None:
+        """Read what the updates since the last read left on the device; waiting for it is training time."""
+        started = time.perf_counter()
+        if self.step.collect():
+            self.window.add({"seconds": time.perf_counter() - started}, updates=0)
+
     def _to_device(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _sync_gradients(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
-        # Gradients are reduced across processes once per update, on the last micro-batch only.
-        if self.sharded:
-            self.wrapped.set_requires_gradient_sync(last_micro_batch)
-            return contextlib.nullcontext()
-        if last_micro_batch or not hasattr(self.wrapped, "no_sync"):
-            return contextlib.nullcontext()
-        return self.wrapped.no_sync()
-
-    def train_step(self, batches: List[Dict[str, Tensor]]) -> Dict[str, float]:
-        """One update over `batches` (update_freq micro-batches), normalised by every process's masked tokens."""
-        self.wrapped.train()
-        # Dropout masks depend on (seed, update, rank) only: int-tuple hashes are stable across runs.
-        torch.manual_seed(hash((self.cfg.common.seed, self.update, self.dist.rank)) & 0xFFFF_FFFF_FFFF)
-        self.lr_scheduler.step(self.update)
-        masked, tokens = all_reduce_sum(
-            [sum(float(b["targets"].numel()) for b in batches), sum(float((~b["padding_mask"]).sum()) for b in batches)],
-            self.device,
-        )
-        # DDP averages gradients over processes; scaling by world_size makes the result a sum over all of them.
-        normaliser = max(masked, 1.0) / self.dist.world_size
-        loss_sum, flops = 0.0, 0.0
-        for i, batch in enumerate(batches):
-            batch = self._to_device(batch)
-            with self._sync_gradients(i == len(batches) - 1):
-                with self.precision.autocast():
-                    loss, stats = self.task.loss(self.wrapped, batch)
-                self.precision.scale_loss(loss / normaliser).backward()
-            loss_sum += stats["loss_sum"]
-            flops += self._train_flops(batch)
-        if self.update < self.cfg.optimization.projections_only_updates:
-            for p in self.waiting:
-                p.grad = None  # the optimizer skips them: no step, no weight decay, no moment update
-        self.precision.unscale_(self.model.parameters())
-        max_norm = self.cfg.optimization.clip_norm or math.inf
-        total_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        gnorm = float(total_norm.full_tensor() if hasattr(total_norm, "full_tensor") else total_norm)  # FSDP: DTensor
-        loss_sum, flops = all_reduce_sum([loss_sum, flops], self.device)
-        if self.precision.update(gnorm):
-            self.optimizer.step()
-            self.update += 1
-            self.stats.add_update(tokens)
-        elif self.precision.dynamic:
-            self.overflows += 1  # fp16 overflow: this update is skipped and the loss scale lowered
-        else:
-            raise FloatingPointError(
-                f"loss {loss_sum / max(masked, 1):.4g}, gradient norm {gnorm:.4g} at update {self.update + 1}: "
-                "not finite; stopping (checkpoints already written are intact)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss_sum": loss_sum, "masked": masked, "tokens": tokens, "flops": flops, "gnorm": gnorm,
-                "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.precision.scale}  # fmt: skip
-
-    def _train_flops(self, batch: Dict[str, Tensor]) -> float:
-        """Forward + backward (~3x forward) FLOPs of one batch, for TFLOP/s and MFU in the logs."""
-        if not hasattr(self.model, "forward_flops"):
-            return 0.0
-        b, n = batch["tokens"].shape
-        return 3.0 * b * self.model.forward_flops(n, batch["targets"].numel() / b)
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """Loss over the whole validation set (sharded over processes), with the same masks every time."""
         self.wrapped.eval()
         self.valid_iterator.restart()
-        loss_sum, masked = 0.0, 0.0
+        loss_sum, masked = torch.zeros((), dtype=torch.float64, device=self.device), 0.0  # summed on the device
         outputs = []  # what a task scores beyond the loss (e.g. logits and labels for accuracy)
         batches = self.valid_iterator.epoch_iter()
         while True:
@@ -183,10 +140,11 @@ class Trainer:
                 break
             with self.precision.autocast():
                 _, stats = self.task.loss(self.model, self._to_device(batch))
-            loss_sum, masked = loss_sum + stats["loss_sum"], masked + stats["masked"]
+            loss_sum = loss_sum + torch.as_tensor(stats["loss_sum"], dtype=torch.float64)
+            masked += stats["masked"]
             if "outputs" in stats:
                 outputs.append(stats["outputs"])
-        loss_sum, masked = all_reduce_sum([loss_sum, masked], self.device)
+        loss_sum, masked = all_reduce_sum([float(loss_sum), masked], self.device)  # one read per validation
         loss = loss_sum / max(masked, 1)
         if hasattr(self.task, "valid_metrics"):
             gathered = [output for part in all_gather_objects(outputs) for output in part]
@@ -205,6 +163,7 @@ class Trainer:
     # ---- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """The full training state; a collective call (FSDP gathers shards, every process gives its data position)."""
+        self._collect()  # the window and run stats it holds are complete, and finite
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -298,19 +257,20 @@ class Trainer:
             return {"first_valid": first_valid, "final_valid": first_valid, "updates": self.update,
                     "checkpoint": str(path), "metrics": str(logger.path), "finished_before": True}  # fmt: skip
         batches = self.train_iterator.forever()
+        agree = Agreement(self.update, self.cfg.logging.log_interval, self.dist.world_size, self.device)
         last_save = time.perf_counter()
         stop = validated = False
         while not stop:
             before, started = self.update, time.perf_counter()
             micro_batches = next(batches)
             data_time = time.perf_counter() - started  # the share of time spent waiting for data is logged
-            stats = self.train_step(micro_batches)
+            self.train_step(micro_batches)
             if self.update == before:
                 continue  # an fp16 overflow: nothing was learned, nothing to log
-            self.window.add({**stats, "data_time": data_time, "seconds": time.perf_counter() - started})
+            self.window.add({"data_time": data_time, "seconds": time.perf_counter() - started}, updates=0)
             self.progress.step()
             # One decision for all processes: each has its own clock and may have caught a signal alone.
-            signalled, time_over, save_due = self._agree([
+            signalled, time_over, save_due = agree(self.update, [
                 signals.requested, self.training_seconds() >= opt.stop_time_hours * 3600 > 0,
                 time.perf_counter() - last_save >= self.cfg.checkpoint.save_interval_minutes * 60 > 0,
             ])  # fmt: skip
@@ -342,10 +302,6 @@ class Trainer:
         return {"first_valid": first_valid, "final_valid": final_valid, "updates": self.update,
                 "checkpoint": str(checkpoint), "metrics": str(logger.path)}  # fmt: skip
 
-    def _agree(self, flags: List[bool]) -> List[bool]:
-        """Each flag true on any process is true on all (one small all-reduce per update)."""
-        return [total > 0 for total in all_reduce_sum([float(f) for f in flags], self.device)]
-
     def _limit_reached(self, time_over: bool) -> bool:
         opt = self.cfg.optimization
         epochs_done = opt.max_epoch > 0 and self.train_iterator.epoch > opt.max_epoch
@@ -365,6 +321,7 @@ class Trainer:
 
     def _validate_and_log(self, logger: MetricsLogger) -> Dict[str, float]:
         """Validate, log, then keep the weights as checkpoint_best.pt if they are the best so far."""
+        self._collect()  # a non-finite update stops the run before its weights are validated
         started = time.perf_counter()
         result = self.validate()
         score = self.task.best_score(result) if hasattr(self.task, "best_score") else result["loss"]
@@ -380,6 +337,7 @@ class Trainer:
         return result
 
     def _log_train(self, logger: MetricsLogger) -> None:
+        self._collect()
         # FLOPs are summed over processes: MFU divides by the peak of all of them.
         summary = {**self.window.summary(self.peak_tflops * self.dist.world_size), "lr": self.optimizer.param_groups[0]["lr"]}
         if self.precision.dynamic:
