@@ -1,7 +1,9 @@
-"""Slurm through Hydra's submitit launcher: a 2-task job equals one process at double batch, also when requeued.
+"""Slurm through Hydra's submitit launcher: a 2-task job equals one process at double batch, also when requeued,
+and also when its two tasks run on two nodes.
 
-Needs a running cluster (scripts/slurm_local.sh starts a one-node one) and `pip install -e '.[slurm]'`; the default
-test run skips these (pytest.ini: -m "not slurm"). Run them with: pytest -m slurm tests/integration
+Needs a running cluster (scripts/slurm_local.sh starts a one-node one; `SLURM_LOCAL_NODES=2` two nodes on this
+machine, which the 2-node test needs) and `pip install -e '.[slurm]'`; the default test run skips these
+(pytest.ini: -m "not slurm"). Run them with: pytest -m slurm tests/integration
 """
 import json
 import re
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -90,11 +92,11 @@ def reference(cache_dir, tmp_path_factory) -> List[Dict]:
 class SlurmSweep:
     """`linformer-train --multirun hydra/launcher=slurm_cpu ...` in the background, and its one Slurm job."""
 
-    def __init__(self, cache_dir: Path, root: Path) -> None:
+    def __init__(self, cache_dir: Path, root: Path, launcher: Sequence[str] = ()) -> None:
         self.root = root / "multirun"  # the sweep dir is <root>/multirun/<time of submission>
         self.log = root / "launcher.log"
         command = [
-            sys.executable, "-m", "linformer_pt.cli.train", "--multirun", "hydra/launcher=slurm_cpu",
+            sys.executable, "-m", "linformer_pt.cli.train", "--multirun", "hydra/launcher=slurm_cpu", *launcher,
             *common_overrides(cache_dir), f"dataset.batch_size={BATCH}",
             # ${now:} with microseconds: were it resolved again when the job is requeued, the requeued job would
             # run in another folder and start from scratch.
@@ -144,6 +146,11 @@ class SlurmSweep:
     def job_state(self) -> str:
         return self.job_info().get("JobState", "")
 
+    def job_nodes(self) -> List[str]:
+        nodelist = self.job_info().get("NodeList", "")
+        shown = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60)
+        return shown.stdout.split()
+
     def finish(self, timeout: float = 600) -> int:
         try:
             return self.process.wait(timeout=timeout)
@@ -163,14 +170,30 @@ class SlurmSweep:
         folder = self.sweep_dirs()[0] / ".submitit" / self.job_id
         return "".join(p.read_text(errors="replace") for p in sorted(folder.glob(f"*_log.{kind}")))
 
+    def task_log(self, task: int, kind: str) -> str:
+        path = self.sweep_dirs()[0] / ".submitit" / self.job_id / f"{self.job_id}_{task}_log.{kind}"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def requeue_mid_run(self) -> None:
+        """What a preemption with PreemptMode=REQUEUE does: Slurm sends SIGTERM to every task (SIGKILL after
+        KillWait) and queues the same batch script again, which unpickles the same Hydra job."""
+        self.wait_for(lambda: len(train_records(self.run_dir)) >= PREEMPT_AFTER if self.sweep_dirs() else False,
+                      f"{PREEMPT_AFTER} train records in metrics.jsonl")  # fmt: skip
+        assert len(train_records(self.run_dir)) < UPDATES, "the run ended before it could be interrupted"
+        subprocess.run(["scontrol", "requeue", self.job_id], check=True, timeout=60)
+        self.wait_for(lambda: int(self.job_info().get("Restarts", 0)) >= 1 and self.job_state() != "COMPLETING",
+                      "requeued job", timeout=120)  # fmt: skip
+        if self.job_state() == "PENDING":  # Slurm holds a requeued job for about two minutes (Reason=BeginTime)
+            subprocess.run(["scontrol", "update", f"JobId={self.job_id}", "StartTime=now"], check=True, timeout=60)
+
 
 @pytest.fixture
 def sweep(cache_dir, tmp_path):
     """Starts the sweep when called; cancels its job if the test stops before the job ended."""
     started: List[SlurmSweep] = []
 
-    def start() -> SlurmSweep:
-        started.append(SlurmSweep(cache_dir, tmp_path))
+    def start(*launcher: str) -> SlurmSweep:
+        started.append(SlurmSweep(cache_dir, tmp_path, launcher))
         return started[-1]
 
     yield start
@@ -189,17 +212,7 @@ def test_two_slurm_tasks_match_one_process_at_double_batch(sweep, reference):
 def test_requeued_job_resumes_and_matches_an_uninterrupted_run(sweep, reference):
     job = sweep()
     job.wait_for_job()
-    job.wait_for(lambda: len(train_records(job.run_dir)) >= PREEMPT_AFTER if job.sweep_dirs() else False,
-                 f"{PREEMPT_AFTER} train records in metrics.jsonl")  # fmt: skip
-    assert len(train_records(job.run_dir)) < UPDATES, "the run ended before it could be interrupted"
-
-    # What a preemption with PreemptMode=REQUEUE does: Slurm sends SIGTERM to every task (SIGKILL after KillWait)
-    # and queues the same batch script again, which unpickles the same Hydra job.
-    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=60)
-    job.wait_for(lambda: int(job.job_info().get("Restarts", 0)) >= 1 and job.job_state() != "COMPLETING",
-                 "requeued job", timeout=120)  # fmt: skip
-    if job.job_state() == "PENDING":  # Slurm holds a requeued job for about two minutes (Reason=BeginTime)
-        subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True, timeout=60)
+    job.requeue_mid_run()
     assert job.finish() == 0, job.output()
 
     assert len(job.sweep_dirs()) == 1, f"the requeued job ran in another folder: {job.sweep_dirs()}"
@@ -207,4 +220,42 @@ def test_requeued_job_resumes_and_matches_an_uninterrupted_run(sweep, reference)
     train_log = (job.run_dir / "train.log").read_text()
     assert "interrupted at update" in train_log, train_log
     assert "resumed at update" in train_log, train_log
+    assert_same_losses(reference, train_records(job.run_dir))
+
+
+def usable_nodes() -> List[str]:
+    """Nodes up (idle, or still finishing an earlier test's job: it waits for them), not down or drained."""
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=30)
+    return sorted({line.split()[0] for line in nodes.stdout.splitlines()
+                   if re.match(r"\S+ (idle|mix|alloc|comp)", line)})  # fmt: skip
+
+
+def test_requeued_two_node_job_resumes_on_both_nodes_and_matches_an_uninterrupted_run(sweep, reference):
+    if len(usable_nodes()) < 2:
+        pytest.skip(f"needs two Slurm nodes, there are {usable_nodes()}; on one machine: "
+                    "sudo SLURM_LOCAL_NODES=2 scripts/slurm_local.sh")  # fmt: skip
+    job = sweep("hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1", "hydra.launcher.mem_gb=1")
+    job.wait_for_job()
+    job.wait_for(lambda: bool(job.job_nodes()), "the job's nodes", timeout=120)
+    assert len(set(job.job_nodes())) == 2, f"the job did not get two nodes: {job.job_nodes()}"
+    job.requeue_mid_run()
+    assert job.finish() == 0, job.output()
+
+    assert len(job.sweep_dirs()) == 1, f"the requeued job ran in another folder: {job.sweep_dirs()}"
+    assert len(set(job.job_nodes())) == 2, f"the requeued job did not get two nodes: {job.job_nodes()}"
+    # Each task started twice (before and after the requeue), task 0 on the job's node 0 and task 1 on node 1,
+    # and both times the two tasks formed one 2-process group.
+    for task in (0, 1):
+        starts = re.findall(r"Starting with JobEnvironment\(.*node=(\d+)\(2\), global_rank=(\d+)\(2\)\)",
+                            job.task_log(task, "out"))  # fmt: skip
+        assert starts == [(str(task), str(task))] * 2, f"task {task} started as {starts}, not twice on node {task}"
+        assert "SIGTERM: interrupted at update" in job.task_log(task, "err"), f"task {task} was not interrupted"
+    assert job.task_log(0, "out").count("distributed: 2 processes") == 2
+    # srun's own lines go to task 0's error log: the requeue, and which node each task of the first run left.
+    srun_log = job.task_log(0, "err")
+    assert "DUE TO JOB REQUEUE" in srun_log, srun_log
+    exits = dict(re.findall(r"srun: error: (\S+): task (\d+): Exited with exit code 75", srun_log))
+    assert len(exits) == 2 and sorted(exits.values()) == ["0", "1"], f"the tasks did not run on two nodes: {srun_log}"
+    train_log = (job.run_dir / "train.log").read_text()
+    assert "interrupted at update" in train_log and "resumed at update" in train_log, train_log
     assert_same_losses(reference, train_records(job.run_dir))
