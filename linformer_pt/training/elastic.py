@@ -175,7 +175,7 @@ PHASES = {
     "train_step": "training update {next}",
     "validate": "validating after update {done}",
     "state_dict": "gathering the checkpoint of update {done}",
-    "_agree": "ending update {done}",
+    "agree": "agreeing on stop and save after update {done}",
     "check_shared_folder": "checking the run folder",
     "init_process_group": "joining the process group",
     "barrier": "waiting for the other processes",

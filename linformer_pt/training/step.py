@@ -179,7 +179,7 @@ class Agreement:
         self.log_interval, self.world_size, self.device = log_interval, world_size, device
         self.next, self.since_update, self.since_time = update + 1, update, time.perf_counter()
 
-    def __call__(self, update: int, flags: List[bool]) -> List[bool]:
+    def agree(self, update: int, flags: List[bool]) -> List[bool]:
         """Each flag true on any process is true on all (False on all between two comparisons)."""
         if self.world_size == 1:
             return flags

@@ -257,7 +257,7 @@ class Trainer:
             return {"first_valid": first_valid, "final_valid": first_valid, "updates": self.update,
                     "checkpoint": str(path), "metrics": str(logger.path), "finished_before": True}  # fmt: skip
         batches = self.train_iterator.forever()
-        agree = Agreement(self.update, self.cfg.logging.log_interval, self.dist.world_size, self.device)
+        agreement = Agreement(self.update, self.cfg.logging.log_interval, self.dist.world_size, self.device)
         last_save = time.perf_counter()
         stop = validated = False
         while not stop:
@@ -270,7 +270,7 @@ class Trainer:
             self.window.add({"data_time": data_time, "seconds": time.perf_counter() - started}, updates=0)
             self.progress.step()
             # One decision for all processes: each has its own clock and may have caught a signal alone.
-            signalled, time_over, save_due = agree(self.update, [
+            signalled, time_over, save_due = agreement.agree(self.update, [
                 signals.requested, self.training_seconds() >= opt.stop_time_hours * 3600 > 0,
                 time.perf_counter() - last_save >= self.cfg.checkpoint.save_interval_minutes * 60 > 0,
             ])  # fmt: skip

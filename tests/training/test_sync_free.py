@@ -188,8 +188,8 @@ def test_processes_compare_stop_flags_at_log_records_and_every_few_seconds(monke
     seen = {}
     for update in range(1, 61):
         clock[0] += 0.5  # half a second per update: a comparison every AGREE_SECONDS / 0.5 = 10 updates
-        seen[update] = agree(update, [update >= 15])  # a signal caught after update 15 (the flag stays set)
+        seen[update] = agree.agree(update, [update >= 15])  # a signal caught after update 15 (the flag stays set)
     assert compared == [1, 11, 21, 31, 41, 50, 60]  # 50: a log record
     assert [u for u, (flag,) in seen.items() if flag] == [21, 31, 41, 50, 60]
     alone = step.Agreement(0, log_interval=50, world_size=1, device=torch.device("cpu"))
-    assert alone(3, [True, False]) == [True, False] and compared[-1] == 60  # no collective
+    assert alone.agree(3, [True, False]) == [True, False] and compared[-1] == 60  # no collective
