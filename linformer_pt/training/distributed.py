@@ -13,8 +13,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from linformer_pt.training.elastic import init_process_group
-
 
 @dataclass(frozen=True)
 class DistributedInfo:
@@ -52,6 +50,8 @@ def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> Dis
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
+        from linformer_pt.training.elastic import init_process_group  # elastic.py uses this module's collectives
+
         init_process_group(backend, info.rank, info.world_size, timedelta(minutes=timeout_minutes))
     return info
 

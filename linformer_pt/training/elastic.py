@@ -15,12 +15,13 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Dict, Iterator, List, Optional, Set
 
 import torch.distributed as dist
 
 from linformer_pt.data.cache import sha256_file
 from linformer_pt.errors import UserError
+from linformer_pt.training.distributed import all_gather_objects
 
 EXIT_PEER_LOST = 1  # a failure, not a request: torchrun --max-restarts restarts the group on it
 PREFIX = "linformer_pt/group"
@@ -110,7 +111,7 @@ def check_shared_folder(output_dir: Path, rank: int, world_size: int, timeout: t
     """
     if world_size <= 1:
         return
-    token = gather(secrets.token_hex(8), world_size)[0]  # rank 0's
+    token = all_gather_objects(secrets.token_hex(8))[0]  # rank 0's
     path = Path(output_dir) / FOLDER_TOKEN
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ def check_shared_folder(output_dir: Path, rank: int, world_size: int, timeout: t
     dist.barrier()
     wait_s = min(SHARED_FOLDER_WAIT_S, timeout.total_seconds() / 2)  # before the collective below times out
     seen = rank == 0 or sees_token(path, token, wait_s)
-    views = gather((seen, str(Path(output_dir).absolute()), socket.gethostname()), world_size)
+    views = all_gather_objects((seen, str(Path(output_dir).absolute()), socket.gethostname()))
     if rank == 0:
         path.unlink(missing_ok=True)
     blind = [r for r, (ok, _, _) in enumerate(views) if not ok]
@@ -130,18 +131,12 @@ def check_shared_folder(output_dir: Path, rank: int, world_size: int, timeout: t
         )
 
 
-def gather(value: Any, world_size: int) -> List[Any]:
-    out: List[Any] = [None] * world_size
-    dist.all_gather_object(out, value)
-    return out
-
-
 def check_one_tokenizer(tokenizer: Optional[Path], rank: int, world_size: int) -> None:
     """UserError on every rank when the ranks built different tokenizers (data caches local to each machine that
     came out differently): token ids would mean different words on different ranks."""
     if world_size <= 1 or tokenizer is None:
         return
-    hashes = gather((sha256_file(tokenizer), socket.gethostname()), world_size)
+    hashes = all_gather_objects((sha256_file(tokenizer), socket.gethostname()))
     other = next((r for r, (sha, _) in enumerate(hashes) if sha != hashes[0][0]), None)
     if other is not None:
         raise UserError(

@@ -33,7 +33,7 @@ from linformer_pt.training.progress import Progress
 from linformer_pt.training.resume import load_resume_state, restore_training_state, run_folder_lock, schedule_change
 from linformer_pt.training.run_stats import RunStats
 from linformer_pt.training.signals import StopSignals, interrupted_message, multirun_sweep_dir
-from linformer_pt.training.step import Agreement, UpdateStats, UpdateStep
+from linformer_pt.training.step import Agreement, UpdateStats, UpdateStep, as_float64
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,7 +140,7 @@ class Trainer:
                 break
             with self.precision.autocast():
                 _, stats = self.task.loss(self.model, self._to_device(batch))
-            loss_sum = loss_sum + torch.as_tensor(stats["loss_sum"], dtype=torch.float64)
+            loss_sum = loss_sum + as_float64(stats["loss_sum"], self.device)
             masked += stats["masked"]
             if "outputs" in stats:
                 outputs.append(stats["outputs"])
