@@ -77,7 +77,7 @@ def _path_list(value: Any) -> Any:
 
 @dataclass
 class DatasetConfig:
-    name: str = "default"  # default (embedded corpus) | text (your files) | hf (a `datasets` dataset) | shards
+    name: str = "default"  # default (embedded corpus) | text (your files) | hf (a `datasets` dataset) | shards | mixture
     # Files, folders or globs (.txt .jsonl .csv .tsv .parquet ...); one path alone may be given without brackets.
     # Typed Any, not List[str]: OmegaConf would reject `dataset.train_files=books.txt` before __post_init__ runs.
     train_files: Any = field(default_factory=list)
@@ -95,13 +95,40 @@ class DatasetConfig:
     shuffle_buffer: int = 0  # streaming: shuffle training documents within a buffer of this size (0: in order)
     cache_dir: str = "data/cache"
     batch_size: int = 32
+    max_tokens: int = 0  # 0: fixed dataset.batch_size batches; >0: token-budget batches (data/buckets.py)
     num_workers: int = 0
     # Validate on a fixed, seeded subset of about this many tokens (seconds on a CPU); 0: the whole valid set.
     max_valid_tokens: int = 100_000
+    # name=mixture: named training sources [{name, files | hf_name (+ hf_split) | path, weight}] (data/mixture_spec.py)
+    sources: Any = field(default_factory=list)
+    temperature: Optional[float] = None  # sources without weights: shares by size^T (1: by size, 0: uniform)
+    # Named validation sets [{name, files | hf_name | path, max_valid_tokens}], each scored and logged on its own;
+    # []: dataset.valid_files (one set), or for a mixture each source's held-out part (named after the source).
+    valid_sets: Any = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from linformer_pt.data.mixture_spec import SOURCE_KEYS, VALID_KEYS, check_weights, parse_specs
+
         self.train_files, self.valid_files = _path_list(self.train_files), _path_list(self.valid_files)
-        check_choice("dataset.name", self.name, ["default", "text", "hf", "shards"])
+        check_choice("dataset.name", self.name, ["default", "text", "hf", "shards", "mixture"])
+        sources = parse_specs(self.sources, "dataset.sources", SOURCE_KEYS)
+        check(self.name != "mixture" or len(sources) > 0,
+              "dataset=mixture needs dataset.sources=[{name: books, files: [...], weight: 1}, ...]")  # fmt: skip
+        check(self.name == "mixture" or not sources,
+              f"dataset.sources is read by dataset=mixture only (this run has dataset.name={self.name})")  # fmt: skip
+        check_weights(sources, self.temperature)
+        parse_specs(self.valid_sets, "dataset.valid_sets", VALID_KEYS)
+        check(not (self.valid_sets and self.valid_files),
+              "give dataset.valid_sets (named sets) or dataset.valid_files (one set), not both")  # fmt: skip
+        check(not (self.name == "mixture" and self.max_tokens),
+              "dataset.max_tokens batches one corpus by length; a mixture draws dataset.batch_size sequences per "
+              "micro-batch: set dataset.max_tokens=0")  # fmt: skip
+        check(not (self.name == "mixture" and self.streaming) or all(s.weight for s in sources),
+              "dataset=mixture with dataset.streaming=true needs a weight for every source (a stream's size is "
+              "unknown up front, so dataset.temperature cannot weigh it)")  # fmt: skip
+        check(not (self.name == "mixture" and self.streaming) or all(s.files or s.hf_name for s in sources),
+              "dataset=mixture with dataset.streaming=true streams files or `datasets` folders; a source with a "
+              "path (token shards) is read from its shards without streaming")  # fmt: skip
         check(
             isinstance(self.file_glob, str) and bool(self.file_glob) and "/" not in self.file_glob,
             f"dataset.file_glob={self.file_glob!r} must be a file name pattern such as *.txt (no folders)",
@@ -124,14 +151,17 @@ class DatasetConfig:
         check_text("dataset.cache_dir", self.cache_dir)
         check(
             not self.streaming
-            or (self.name in ("text", "hf") and len(self.valid_files) > 0)
+            or (self.name in ("text", "hf", "mixture") and (len(self.valid_files) > 0 or bool(self.valid_sets)))
             or (self.name == "hf" and bool(self.hf_valid_split)),
-            "dataset.streaming=true needs dataset=text with dataset.valid_files, or dataset=hf with "
-            "dataset.hf_valid_split or dataset.valid_files (a stream has no held-out split)",
+            "dataset.streaming=true needs dataset=text or mixture with dataset.valid_files or valid_sets, or "
+            "dataset=hf with dataset.hf_valid_split or dataset.valid_files (a stream has no held-out split)",
         )
         check(self.shuffle_buffer >= 0, f"dataset.shuffle_buffer={self.shuffle_buffer} must be >= 0")
         check(0.0 < self.valid_fraction < 0.5, f"dataset.valid_fraction={self.valid_fraction} must be in (0, 0.5)")
         check(self.batch_size > 0, f"dataset.batch_size={self.batch_size} must be > 0")
+        check(self.max_tokens >= 0, f"dataset.max_tokens={self.max_tokens} must be >= 0 (0: fixed batch_size batches)")
+        check(not (self.streaming and self.max_tokens),  # a stream has no item lengths to sort up front
+              f"dataset.max_tokens={self.max_tokens} needs dataset.streaming=false; set dataset.max_tokens=0 to stream")
         check(self.num_workers >= 0, f"dataset.num_workers={self.num_workers} must be >= 0")
         check(self.max_valid_tokens >= 0, f"dataset.max_valid_tokens={self.max_valid_tokens} must be >= 0 (0: all)")
 
@@ -221,12 +251,14 @@ class CheckpointConfig:
     reset_dataloader: bool = False  # resume at the start of the data (allows another global batch)
     reset_meters: bool = False  # forget the best validation, tokens seen, training time and rates: a new count
     patience: int = 0  # stop after this many validations in a row without a new best; 0: never stop early
+    best_valid_set: str = ""  # which of dataset.valid_sets checkpoint_best and patience follow; "": the first
     init_from: Optional[str] = None  # start from these weights only (resized if model.max_positions differs)
     # sentence_prediction: a pretraining run folder, checkpoint or export; its encoder (LM head dropped) and tokenizer
     finetune_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_text("checkpoint.save_dir", self.save_dir)
+        check_text("checkpoint.best_valid_set", self.best_valid_set, allow_empty=True)  # checked against the sets later
         for key in ("restore_file", "init_from", "finetune_from"):  # restore_file is looked up at resume time; "" means none
             if getattr(self, key) is not None:
                 check_text(f"checkpoint.{key}", getattr(self, key), allow_empty=True)

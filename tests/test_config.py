@@ -25,7 +25,8 @@ def test_every_group_option_composes_and_validates(group):
     assert options, f"configs/{group} is empty"
     for option in options:
         overrides = [f"{group}={option}"]
-        required = {"text": "dataset.train_files=[corpus.txt]", "hf": "dataset.hf_name=wikitext", "shards": "dataset.path=x"}
+        required = {"text": "dataset.train_files=[corpus.txt]", "hf": "dataset.hf_name=wikitext", "shards": "dataset.path=x",
+                    "mixture": "dataset.sources=[{name: a, files: [a.txt]}]"}  # fmt: skip
         if group == "dataset" and option in required:
             overrides.append(required[option])
         if group == "experiment" and option.endswith("_paper"):  # the paper's scale reads a preprocessed corpus

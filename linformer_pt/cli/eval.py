@@ -121,10 +121,33 @@ def eval_corpus(config: TrainConfig, tokenizer_path: Path) -> Any:
     return cached_corpus(data.cache_dir, source, tokenizer_path, tokenizer, special_ids(tokenizer)["eos"])
 
 
-def eval_batches(model: Any, config: TrainConfig) -> Tuple[Iterator[Dict[str, torch.Tensor]], Optional[int]]:
+def named_sets(config: TrainConfig, tokenizer_path: Path) -> Optional[Dict[str, Any]]:
+    """The named validation sets (dataset.valid_sets, a mixture's held-out parts, --set), tokenized; None: one set."""
+    from linformer_pt.data.named_corpora import named_corpora
+
+    data = config.dataset
+    if data.name != "mixture" and not data.valid_sets:
+        return None
+    return named_corpora(data, config.tokenizer, tokenizer_path, with_train=False).valid
+
+
+def set_options(given: List[str]) -> List[Dict[str, Any]]:
+    """--set NAME=FILE[,FILE...] options as dataset.valid_sets entries."""
+    sets = []
+    for item in given:
+        name, _, files = item.partition("=")
+        if not name or not files:
+            raise UserError(f"--set {item}: write NAME=FILE[,FILE...] (e.g. --set books=held_out/ --set wiki=test.txt)")
+        sets.append({"name": name, "files": files.split(",")})
+    return sets
+
+
+def eval_batches(
+    model: Any, config: TrainConfig, corpus: Any = None, budget: Optional[int] = None
+) -> Tuple[Iterator[Dict[str, torch.Tensor]], Optional[int]]:
     """The validation batches the run's validate() reads (its subset or stream head, its masks), and how many
-    there are (None when streamed: unknown before the end)."""
-    from linformer_pt.data.batching import EpochBatchIterator
+    there are (None when streamed: unknown before the end). `corpus` and `budget`: one named set's."""
+    from linformer_pt.data.buckets import batch_iterator_for, sample_lengths
     from linformer_pt.data.masking import MaskedLMDataset, collate
     from linformer_pt.data.streaming import StreamingBatchIterator
     from linformer_pt.data.tokenizer import load_tokenizer, special_ids, special_mask, word_begins
@@ -139,28 +162,44 @@ def eval_batches(model: Any, config: TrainConfig) -> Tuple[Iterator[Dict[str, to
         iterator = StreamingBatchIterator(stream, data.batch_size, 0)
         return iterator.epoch_iter(), None
     masking = t.masking()
-    full = MaskedLMDataset(eval_corpus(config, model.tokenizer_path), t.tokens_per_sample, t.sample_break_mode,
-                           masking, ids, special_mask(tokenizer), seed, begins)  # fmt: skip
-    dataset = valid_subset(full, data.max_valid_tokens, seed)
+    corpus = corpus if corpus is not None else eval_corpus(config, model.tokenizer_path)
+    full = MaskedLMDataset(corpus, t.tokens_per_sample, t.sample_break_mode, masking, ids, special_mask(tokenizer),
+                           seed, begins)  # fmt: skip
+    dataset = valid_subset(full, data.max_valid_tokens if budget is None else budget, seed)
     if len(dataset) == 0:
         raise UserError("the evaluation corpus is empty")
-    batches = EpochBatchIterator(dataset, data.batch_size, partial(collate, pad_id=ids["pad"]), seed,
-                                 shuffle=False, num_workers=data.num_workers)  # fmt: skip
-    return batches.epoch_iter(), math.ceil(len(dataset) / data.batch_size)
+    batches = batch_iterator_for(dataset, lambda: sample_lengths(dataset), data.batch_size, data.max_tokens,
+                                 partial(collate, pad_id=ids["pad"]), seed, shuffle=False,
+                                 num_workers=data.num_workers)  # fmt: skip
+    return batches.epoch_iter(), batches.updates_per_epoch()  # one process: one batch per validation step
 
 
-@torch.no_grad()
 def evaluate(model: Any, config: TrainConfig, device: torch.device, progress: bool = True) -> Dict[str, Any]:
-    """Summed cross-entropy over the masked tokens of the validation batches, as the trainer's validate()."""
-    from tqdm import tqdm
+    """The validation set's figures; with named sets, each set's under "sets" and the first set's at the top."""
+    from linformer_pt.data.mixture_spec import set_budget
 
     if config.task.tokens_per_sample > model.cfg.max_positions:
         raise UserError(f"task.tokens_per_sample={config.task.tokens_per_sample} exceeds the model's "
                         f"max_positions={model.cfg.max_positions}")  # fmt: skip
-    batches, steps = eval_batches(model, config)
+    sets = named_sets(config, model.tokenizer_path)
+    if sets is None:
+        return evaluate_batches(model, config, device, eval_batches(model, config), "eval", progress)
+    results = {name: evaluate_batches(model, config, device, eval_batches(model, config, corpus, set_budget(config.dataset, name)),
+                                      f"eval {name}", progress)
+               for name, corpus in sets.items()}  # fmt: skip
+    return {**next(iter(results.values())), "sets": results}
+
+
+@torch.no_grad()
+def evaluate_batches(model: Any, config: TrainConfig, device: torch.device, batches: Tuple[Iterator[Any], Optional[int]],
+                     desc: str, progress: bool) -> Dict[str, Any]:  # fmt: skip
+    """Summed cross-entropy over the masked tokens of the validation batches, as the trainer's validate()."""
+    from tqdm import tqdm
+
+    batches, steps = batches
     model.to(device).eval()
     loss_sum, masked, tokens, samples = 0.0, 0, 0, 0
-    for batch in tqdm(batches, total=steps, desc="eval", disable=not progress, file=sys.stderr):
+    for batch in tqdm(batches, total=steps, desc=desc, disable=not progress, file=sys.stderr):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(batch["tokens"], batch["padding_mask"], batch["masked_positions"])
         loss_sum += F.cross_entropy(logits.float(), batch["targets"], reduction="sum").item()
@@ -179,6 +218,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("model", help="a run folder, a checkpoint .pt file, or a linformer-export folder")
     parser.add_argument("overrides", nargs="*", help="linformer-train overrides (dataset=..., task.*, common.*) or "
                         "eval_files=[...]; dataset.max_valid_tokens=0: a run's whole validation set")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=FILES", dest="sets",
+                        help="a named set to score (files, folders or globs, comma-separated); repeat for several")
     parser.add_argument("--last", action="store_true", help="a run folder's checkpoint_last.pt instead of checkpoint_best.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     # intermixed: options may follow the model and the overrides (`linformer-eval RUN eval_files=[a] --last`)
@@ -188,7 +229,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         from linformer_pt.training.trainer import resolve_device
 
         model = load_any(args.model, args.last)
+        sets = set_options(args.sets)
         config = eval_config(model, args.overrides)
+        if sets:  # named files are scored whole unless a budget is given, as eval_files are
+            config.dataset.valid_sets, config.dataset.valid_files = sets, []
+            if BUDGET not in [override_key(o) for o in args.overrides]:
+                config.dataset.max_valid_tokens = 0
         result = evaluate(model, config, resolve_device(config.common.device), progress=not args.no_progress)
         run_cfg = getattr(model, "run_cfg", None)
         own_budget = run_cfg["dataset"].get("max_valid_tokens", 0) if run_cfg and own_data(args.overrides) else None

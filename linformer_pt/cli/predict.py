@@ -21,15 +21,19 @@ PROG = "linformer-predict"
 
 @torch.no_grad()
 def predict(model: Any, ids: List[np.ndarray], pad_id: int, batch_size: int, device: torch.device,
-            progress: bool = True) -> np.ndarray:  # fmt: skip
-    """Outputs (N, num_outputs) in input order; batches hold examples of similar length (less padding)."""
+            progress: bool = True, max_tokens: int = 0) -> np.ndarray:  # fmt: skip
+    """Outputs (N, num_outputs) in input order; batches hold examples of similar length (less padding): batch_size
+    of them, or with max_tokens > 0 as many as fit max_tokens padded tokens (many short ones, few long ones)."""
+    from linformer_pt.data.buckets import cut_by_budget
     from linformer_pt.tasks.sentence_prediction import collate
 
     model.to(device)
-    order = np.argsort([len(x) for x in ids], kind="stable")
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    batches = (cut_by_budget(order, lengths, max_tokens, "--max-tokens") if max_tokens
+               else [order[i : i + batch_size] for i in range(0, len(order), batch_size)])  # fmt: skip
     outputs = np.zeros((len(ids), model.num_outputs), dtype=np.float32)
-    for start in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch", disable=not progress):
-        rows = order[start : start + batch_size]
+    for rows in tqdm(batches, desc="predict", unit="batch", disable=not progress):
         batch = collate([(ids[i], np.int64(0)) for i in rows], pad_id)
         logits = model(batch["tokens"].to(device), batch["padding_mask"].to(device))
         outputs[rows] = logits.float().cpu().numpy()
@@ -52,6 +56,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("file", help="examples: .tsv/.csv/.jsonl/.parquet with the run's text (and label) columns")
     parser.add_argument("--out", default="predictions.jsonl", help="the JSONL to write (default predictions.jsonl)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
+    parser.add_argument("--max-tokens", type=int, default=0, help="padded tokens per forward pass instead of "
+                        "--batch-size examples (examples sorted by length; default 0: --batch-size)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--last", action="store_true", help="a run folder's checkpoint_last.pt, not checkpoint_best.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -59,6 +65,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     with one_line_errors(PROG):
         if args.batch_size < 1:
             raise UserError(f"--batch-size={args.batch_size} must be >= 1")
+        if args.max_tokens < 0:
+            raise UserError(f"--max-tokens={args.max_tokens} must be >= 0 (0: --batch-size examples per batch)")
         from linformer_pt.config import check_device
         from linformer_pt.data.labelled import encode_labels, read_labelled
         from linformer_pt.data.tokenizer import load_tokenizer
@@ -77,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         ids, truncated = encode_examples(tokenizer, examples, task_cfg, special_ids)
         labels = None if examples.labels is None else encode_labels(examples.labels, state["labels"], args.file)
         outputs = predict(model, ids, special_ids["pad"], args.batch_size, resolve_device(args.device),
-                          progress=not args.no_progress)  # fmt: skip
+                          progress=not args.no_progress, max_tokens=args.max_tokens)  # fmt: skip
         out = Path(args.out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", encoding="utf-8") as f:

@@ -133,7 +133,8 @@ def train_and_summarise(
         unigram = built["task"].unigram_baseline() if hasattr(built["task"], "unigram_baseline") else None
         record(run_summary(built["trainer"], "finished", name, overrides, unigram))
         if unigram:
-            print(f"unigram baseline of the validation targets: ppl {unigram['ppl']:.1f}", flush=True)
+            sets = "".join(f", {name} {value['ppl']:.1f}" for name, value in unigram.get("sets", {}).items())
+            print(f"unigram baseline of the validation targets: ppl {unigram['ppl']:.1f}{sets}", flush=True)
     return result
 
 
@@ -174,8 +175,7 @@ def train(
         say(f"distributed: {dist.world_size} processes", flush=True)
     trainer = built["trainer"] = Trainer(config, task, model, output_dir, dist, resume_from)
     if resume_from is not None:
-        position = trainer.train_iterator.state_dict()
-        say(f"resumed at update {trainer.update} (epoch {position['epoch']})", flush=True)
+        say(f"resumed at update {trainer.update} (epoch {trainer.train_iterator.epoch})", flush=True)
     summary = trainer.fit()
     if summary.get("finished_before"):
         say(f"this run already finished at update {summary['updates']} (raise optimization.max_update to continue)")
@@ -209,10 +209,11 @@ def valid_line(first: Dict[str, float], final: Dict[str, float]) -> str:
         return "valid loss n/a"
 
     def change(key: str) -> str:
-        digits = 1 if key == "ppl" else 3
+        digits = 1 if key.endswith("ppl") else 3
         return f"{first[key]:.{digits}f} -> {final[key]:.{digits}f}" if key in (first or {}) else f"{final[key]:.{digits}f}"
 
-    others = ", ".join(f"{key} {change(key)}" for key in final if key not in ("loss", "masked"))
+    hidden = ("loss", "masked", "/loss", "/masked")  # named sets ("books/ppl") give their headline figure
+    others = ", ".join(f"{key} {change(key)}" for key in final if not key.endswith(hidden))
     return f"valid loss {change('loss')}" + (f" ({others})" if others else "")
 
 

@@ -63,7 +63,8 @@ class EpochBatchIterator:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue at a saved position; it must come from the same data cut into the same global batches."""
-        for key, mine in (("global_batch", self.global_batch), ("num_samples", len(self.dataset))):
+        # max_tokens: a position among token-budget batches (data/buckets.py) counts other updates.
+        for key, mine in (("global_batch", self.global_batch), ("num_samples", len(self.dataset)), ("max_tokens", 0)):
             if state.get(key, mine) != mine:
                 raise UserError(
                     f"the saved data position is for {key}={state[key]}, this run has {key}={mine}; keep "

@@ -81,12 +81,16 @@ def resolve_sources(data: Any) -> Dict[str, Source]:
         return {split: file_source([files[split]], "text", "strict") for split in ("train", "valid")}
     if data.name == "hf":
         train = hub_source(data.hf_name, data.hf_config, data.hf_train_split, data.text_field)
+        if data.valid_sets:  # named validation sets replace the split (data/named_corpora.py)
+            return {"train": train}
         if not data.hf_valid_split:
             return held_out(train, data.valid_fraction)
         return {"train": train, "valid": hub_source(data.hf_name, data.hf_config, data.hf_valid_split, data.text_field)}
     sources = {}
     for split, patterns in (("train", data.train_files), ("valid", data.valid_files)):
         if split == "valid" and not patterns:
+            if data.valid_sets:  # named validation sets instead: hold nothing out
+                return sources
             return held_out(sources["train"], data.valid_fraction)
         paths = expand_paths(patterns, f"dataset.{split}_files", data.file_glob, announce=True)
         check_sources(paths, f"dataset.{split}_files", data.text_field, data.encoding_errors)

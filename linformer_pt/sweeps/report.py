@@ -83,6 +83,24 @@ def finished_section(runs: Sequence[Run]) -> List[str]:
     return lines + baseline_lines(runs)
 
 
+def valid_sets_section(runs: Sequence[Run]) -> List[str]:
+    """Runs validated on named sets (dataset.valid_sets): each set's final ppl, and against its unigram baseline."""
+    finished = [r for r in runs if r.status == "finished" and any(k.endswith("/ppl") for k in r.final("final_valid") or {})]  # noqa: E501
+    if not finished:
+        return []
+    names = sorted({k[: -len("/ppl")] for r in finished for k in r.final("final_valid") if k.endswith("/ppl")})
+    rows = []
+    for run in finished:
+        final, unigram = run.final("final_valid"), (run.final("unigram_baseline") or {}).get("sets", {})
+        cells = []
+        for name in names:
+            ppl, base = final.get(f"{name}/ppl"), unigram.get(name, {}).get("ppl")
+            cells.append(f"{number(ppl)} ({number(ppl / base, '.3f')})" if ppl and base else number(ppl))
+        rows.append([run.name, *cells])
+    lines = ["## Validation sets", "", "Final ppl on each named validation set (in brackets: ppl / its unigram ppl).", ""]
+    return lines + table(["run", *names], rows) + [""]
+
+
 def baseline_lines(runs: Sequence[Run]) -> List[str]:
     """The unigram baseline of the validation set: once, or per (dataset, n) when they differ."""
     found = baselines(runs)
@@ -174,7 +192,7 @@ def render(runs: Sequence[Run], dirs: Sequence[Path], command: str, plots: Dict[
     facts = reading(runs, noise) + gap_facts(runs, noise)
     head = ["# Sweep report", "", f"- Command: `{command}`", f"- Folders: {', '.join(f'`{d}`' for d in dirs)}",
             f"- Date: {date}", f"- Runs: {len(runs)}", ""]  # fmt: skip
-    body = finished_section(runs) + unfinished_section(runs) + noise_section(spreads, noise) + gap_section(runs)
+    body = finished_section(runs) + valid_sets_section(runs) + unfinished_section(runs) + noise_section(spreads, noise) + gap_section(runs)
     body += plots_section(plots, runs) + ["## Reading", ""]
     body += [f"- {fact}" for fact in facts] if facts else ["Nothing to compare yet."]
     return "\n".join(head + body) + "\n"

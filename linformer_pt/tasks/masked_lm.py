@@ -19,12 +19,15 @@ from linformer_pt.data.blocks import BREAK_MODES
 from linformer_pt.data.cache import sha256_file
 from linformer_pt.data.corpus import cached_corpus, preprocessed_corpora, resolve_sources
 from linformer_pt.data.masking import MaskedLMDataset, MaskingConfig, collate
+from linformer_pt.data.buckets import batch_iterator_for, budget_summary, sample_lengths
+from linformer_pt.data.named_corpora import named_corpora
 from linformer_pt.data.stream_reader import ArrowSplit
 from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedLM
 from linformer_pt.data.tokenizer import cached_tokenizer, load_tokenizer, special_ids, special_mask, word_begins
 from linformer_pt.data.unigram import token_counts, unigram_baseline
 from linformer_pt.errors import UserError
 from linformer_pt.registry import register_task
+from linformer_pt.tasks.mlm_sets import MLMSets
 from linformer_pt.training.distributed import world_from_env
 
 VALID_SUBSET_STREAM = 7  # seeds the validation subset apart from the training order (seed, epoch)
@@ -138,6 +141,9 @@ class MaskedLMTask:
             pre = preprocessed_corpora(data.path, given)
             self.tokenizer_path, corpora = pre["tokenizer_path"], pre["corpora"]
             self.data_provenance: Any = pre["manifest"]["sources"]
+        elif data.name == "mixture":  # several named sources, tokenized apart (data/named_corpora.py)
+            named = named_corpora(data, tok_cfg, given, with_train=not data.streaming)
+            self.tokenizer_path, corpora, self.data_provenance = named.tokenizer_path, {}, named.provenance
         else:
             sources = resolve_sources(data)
             self.tokenizer_path = given or cached_tokenizer(
@@ -162,12 +168,16 @@ class MaskedLMTask:
                 "(ranks may see different numbers of batches); use optimization.max_update",
             )
             corpora = {}
-        elif data.name != "shards":
+        elif data.name not in ("shards", "mixture"):
             corpora = {
                 split: cached_corpus(data.cache_dir, source, self.tokenizer_path, self.tokenizer, self.special_ids["eos"])
                 for split, source in sources.items()
             }
         self.corpora: Dict[str, TokenizedCorpus] = corpora
+        if data.valid_sets and data.name != "mixture":  # named validation sets beside a single training corpus
+            named = named_corpora(data, tok_cfg, self.tokenizer_path)
+            self.data_provenance = {"train": self.data_provenance, **named.provenance}
+        self.sets = MLMSets(self, named if data.name == "mixture" or data.valid_sets else None)
         self.word_begins = word_begins(self.tokenizer) if self.task_cfg.mask_whole_words else None
 
     @classmethod
@@ -209,6 +219,8 @@ class MaskedLMTask:
         """Shuffled updates of update_freq micro-batches for train, a fixed order for validation; this process's share."""
         data = self.cfg.dataset
         update_freq = self.cfg.optimization.update_freq if split == "train" else 1
+        if split == "train" and self.sets.mixture:  # weighted sources, cached or streamed (tasks/mlm_sets.py)
+            return self.sets.train_iterator(rank, world_size, update_freq)
         if data.streaming:
             dataset = self.dataset(split, rank, world_size)
             if split == "train":
@@ -222,23 +234,38 @@ class MaskedLMTask:
             return StreamingBatchIterator(dataset, data.batch_size, 0)
         full = self.dataset(split)
         dataset = self.valid_samples(full) if split == "valid" else full
-        iterator = EpochBatchIterator(
-            dataset, data.batch_size, partial(collate, pad_id=self.pad_id), self.cfg.common.seed,
-            shuffle=split == "train", num_workers=data.num_workers, rank=rank, world_size=world_size,
-            update_freq=update_freq,
-        )  # fmt: skip
+        iterator = self.epoch_iterator(dataset, split == "train", rank, world_size, update_freq)
         if rank == 0:
-            print(data_summary(split, full, dataset, iterator, self.cfg), flush=True)
+            print(data_summary(split, full, dataset, iterator, self.cfg) + budget_summary(iterator), flush=True)
         return iterator
+
+    def epoch_iterator(
+        self, dataset: Dataset, shuffle: bool, rank: int = 0, world_size: int = 1, update_freq: int = 1
+    ) -> EpochBatchIterator:
+        """Epochs of fixed-size or token-budget batches (dataset.max_tokens) of a map-style dataset."""
+        data = self.cfg.dataset
+        return batch_iterator_for(
+            dataset, lambda: sample_lengths(dataset), data.batch_size, data.max_tokens,
+            partial(collate, pad_id=self.pad_id), self.cfg.common.seed, shuffle=shuffle,
+            num_workers=data.num_workers, rank=rank, world_size=world_size, update_freq=update_freq,
+        )  # fmt: skip
+
+    def valid_iterators(self, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+        """The validation sets by name: dataset.valid_sets (or a mixture's held-out parts), else one unnamed set."""
+        if self.sets.named is not None:
+            return self.sets.valid_iterators(rank, world_size)
+        return {"": self.batch_iterator("valid", rank, world_size)}
 
     def valid_samples(self, full: MaskedLMDataset) -> Union[MaskedLMDataset, ValidSubset]:
         """What validation reads: the whole set, or its fixed subset under dataset.max_valid_tokens."""
         return valid_subset(full, self.cfg.dataset.max_valid_tokens, self.cfg.common.seed)
 
-    def unigram_baseline(self) -> Optional[Dict[str, float]]:
+    def unigram_baseline(self) -> Optional[Dict[str, Any]]:
         """The unigram ppl of exactly the masked tokens validation scores (None when streaming: no counts)."""
         if self.cfg.dataset.streaming:
             return None
+        if self.sets.named is not None:
+            return self.sets.unigram_baseline()
         counts = token_counts(self.corpora["train"], self.vocab_size)
         samples = self.valid_samples(self.dataset("valid"))
         samples.set_epoch(1)  # validation always reads epoch 1's masks (EpochBatchIterator.restart)

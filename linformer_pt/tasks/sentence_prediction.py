@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from linformer_pt.config import TrainConfig, check, check_choice, check_text
 from linformer_pt.data.batching import EpochBatchIterator
+from linformer_pt.data.buckets import TokenBudgetBatchIterator, batch_iterator_for
 from linformer_pt.data.cache import sha256_file
 from linformer_pt.data.labelled import TRUNCATIONS, LabelledExamples, encode_labels, encode_pairs, label_names, read_labelled
 from linformer_pt.data.tokenizer import load_tokenizer, special_ids
@@ -192,12 +193,17 @@ class SentencePredictionTask:
         return LabelledDataset(ids, labels)
 
     def batch_iterator(self, split: str, rank: int = 0, world_size: int = 1) -> EpochBatchIterator:
-        data = self.cfg.dataset
-        return EpochBatchIterator(
-            self.datasets[split], data.batch_size, partial(collate, pad_id=self.pad_id), self.cfg.common.seed,
-            shuffle=split == "train", num_workers=data.num_workers, rank=rank, world_size=world_size,
+        """batch_size examples per batch, or token-budget batches of examples of similar length (dataset.max_tokens)."""
+        data, dataset = self.cfg.dataset, self.datasets[split]
+        iterator = batch_iterator_for(
+            dataset, lambda: [len(ids) for ids in dataset.ids], data.batch_size, data.max_tokens,
+            partial(collate, pad_id=self.pad_id), self.cfg.common.seed, shuffle=split == "train",
+            num_workers=data.num_workers, rank=rank, world_size=world_size,
             update_freq=self.cfg.optimization.update_freq if split == "train" else 1,
         )  # fmt: skip
+        if rank == 0 and isinstance(iterator, TokenBudgetBatchIterator):
+            print(f"data {split}: {iterator.summary()}", flush=True)
+        return iterator
 
     # ---- model --------------------------------------------------------------------------------------------
     @property

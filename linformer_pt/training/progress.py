@@ -58,8 +58,10 @@ class Progress:
         """A validation result, on its own line (above the bar on a terminal)."""
         if not (self.lines or self.use_bar):
             return
+        # Named sets ("books/ppl") show their headline figure only: a line per validation must stay readable.
+        hidden = ("/loss", "/masked") if self.language_model else ("/masked",)
         fields = " | ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-                            for key, value in result.items())  # fmt: skip
+                            for key, value in result.items() if not key.endswith(hidden))  # fmt: skip
         line = f"valid | epoch {epoch:03d} | update {update} | {fields}"
         if self.use_bar:
             self.bar.write(line, file=sys.stdout)

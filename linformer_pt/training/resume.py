@@ -54,7 +54,16 @@ def find_checkpoint(cfg: TrainConfig, output_dir: Path) -> Optional[Path]:
     return last
 
 
-def _differences(saved: Dict[str, Any], current: Dict[str, Any], section: str, ignore=()) -> List[str]:
+def _field_defaults(section: Any) -> Dict[str, Any]:
+    """A config section's default values: what a checkpoint written before a field existed ran with."""
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for f in dataclasses.fields(section)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}  # fmt: skip
+
+
+def _differences(saved: Dict[str, Any], current: Dict[str, Any], section: str, ignore=(), defaults=None) -> List[str]:
+    """Keys whose values differ; a key the checkpoint lacks (an older version's) counts as its default."""
+    saved = {**(defaults or {}), **saved}
     keys = sorted((set(saved) | set(current)) - set(ignore))
     return [f"{section}.{key}={saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
             for key in keys if saved.get(key) != current.get(key)]  # fmt: skip
@@ -83,13 +92,13 @@ def check_compatible(state: Dict[str, Any], cfg: TrainConfig, provenance: Dict[s
         hint = "set checkpoint.reset_dataloader=true to start this data from its beginning"
         saved_data, data = state.get("provenance", {}).get("data"), provenance.get("data")
         refuse(["the training data differ from the checkpoint's"] if saved_data != data else [], hint)
-        refuse(_differences(saved["task"], now["task"], "task"), hint)
+        refuse(_differences(saved["task"], now["task"], "task", defaults=_field_defaults(cfg.task)), hint)
         refuse(_differences(saved["common"], now["common"], "common", {"device", "threads"}), hint)
         streaming = now["dataset"]["streaming"]
         # Paths may move (another node, another mount): the content check above compares the files themselves.
         free = {"batch_size", "num_workers", "cache_dir", "train_files", "valid_files", "path"}
-        refuse(_differences(saved["dataset"], now["dataset"], "dataset",
-                            free | (set() if streaming else {"streaming"})), hint)  # fmt: skip
+        refuse(_differences(saved["dataset"], now["dataset"], "dataset", free | (set() if streaming else {"streaming"}),
+                            _field_defaults(cfg.dataset)), hint)  # fmt: skip
         before, after = global_batch(saved, state.get("world_size", 1)), global_batch(now, world_size)
         refuse([f"the global batch (dataset.batch_size x processes x optimization.update_freq) is {before} in the "
                 f"checkpoint, {after} now"] if before != after else [], hint)  # fmt: skip

@@ -29,7 +29,7 @@ def run_summary(
     stats = trainer.stats
     seconds = trainer.training_seconds()
     train_only = max(seconds - stats.valid_seconds, 1e-9)
-    final = {key: value for key, value in trainer.last_valid.items() if key != "masked"} or None
+    final = {key: value for key, value in trainer.last_valid.items() if not key.endswith("masked")} or None
     return {
         "status": status,
         "run_name": run_name,

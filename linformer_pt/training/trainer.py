@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from linformer_pt.config import TrainConfig
+from linformer_pt.data.mixture_spec import best_set
 from linformer_pt.errors import RunInterrupted
 from linformer_pt.training.checkpoint import (
     CHECKPOINT_BEST,
@@ -80,7 +81,12 @@ class Trainer:
         self.waiting = waiting_parameters(self.model, cfg.optimization.projections_only_updates)
         self.lr_scheduler = build_lr_scheduler(cfg.lr_scheduler, self.optimizer, cfg.optimization.max_update)
         self.train_iterator = task.batch_iterator("train", dist.rank, dist.world_size)
-        self.valid_iterator = task.batch_iterator("valid", dist.rank, dist.world_size)
+        # Named validation sets (dataset.valid_sets), or one unnamed set ("") for tasks with a single one.
+        if hasattr(task, "valid_iterators"):
+            self.valid_iterators = task.valid_iterators(dist.rank, dist.world_size)
+        else:
+            self.valid_iterators = {"": task.batch_iterator("valid", dist.rank, dist.world_size)}
+        self.best_valid_set = best_set(list(self.valid_iterators), cfg.checkpoint.best_valid_set)
         self.update = 0
         self.overflows = 0
         self.best_valid_score = math.inf  # the task's best_score (lower is better): the validation loss by default
@@ -120,14 +126,26 @@ class Trainer:
     def _to_device(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    @torch.no_grad()
+    @property
+    def valid_iterator(self) -> Any:
+        """The iterator of the set checkpoint_best follows (the only one, for most runs)."""
+        return self.valid_iterators[self.best_valid_set]
+
     def validate(self) -> Dict[str, float]:
-        """Loss over the whole validation set (sharded over processes), with the same masks every time."""
+        """Each validation set scored on its own; the figures of checkpoint.best_valid_set, then "<set>/<key>"."""
+        results = {name: self.validate_set(iterator) for name, iterator in self.valid_iterators.items()}
+        named = {f"{name}/{key}": value for name, result in results.items() if name for key, value in result.items()}
+        self.last_valid = {**results[self.best_valid_set], **named}
+        return self.last_valid
+
+    @torch.no_grad()
+    def validate_set(self, iterator: Any) -> Dict[str, float]:
+        """Loss over one whole validation set (sharded over processes), with the same masks every time."""
         self.wrapped.eval()
-        self.valid_iterator.restart()
+        iterator.restart()
         loss_sum, masked = torch.zeros((), dtype=torch.float64, device=self.device), 0.0  # summed on the device
         outputs = []  # what a task scores beyond the loss (e.g. logits and labels for accuracy)
-        batches = self.valid_iterator.epoch_iter()
+        batches = iterator.epoch_iter()
         while True:
             batch = next(batches, None)
             if self.sharded:
@@ -148,10 +166,8 @@ class Trainer:
         loss = loss_sum / max(masked, 1)
         if hasattr(self.task, "valid_metrics"):
             gathered = [output for part in all_gather_objects(outputs) for output in part]
-            self.last_valid = {"loss": loss, **self.task.valid_metrics(gathered), "masked": int(masked)}
-        else:
-            self.last_valid = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": int(masked)}
-        return self.last_valid
+            return {"loss": loss, **self.task.valid_metrics(gathered), "masked": int(masked)}
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked": int(masked)}
 
     def _empty_batch(self) -> Dict[str, Tensor]:
         """One padding-free token and no masked position: a forward that contributes nothing to the loss."""
@@ -342,6 +358,8 @@ class Trainer:
         summary = {**self.window.summary(self.peak_tflops * self.dist.world_size), "lr": self.optimizer.param_groups[0]["lr"]}
         if self.precision.dynamic:
             summary.update(loss_scale=self.precision.scale, overflows=self.overflows)
+        if hasattr(self.train_iterator, "log_fields"):  # a mixture: how many times each source has been read
+            summary.update(self.train_iterator.log_fields())
         self.progress.train(self.update, self.train_iterator.epoch, summary)
         self._log(logger, "train", summary)
         self.window = Window()

@@ -169,3 +169,20 @@ def test_an_unreadable_folder_is_a_one_line_error_not_a_silent_gap(tmp_path, mon
     assert stop.value.code == 2 and err.count("\n") == 1
     assert f"cannot search {tmp_path / 'sweep'} for runs: Permission denied" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_with_named_validation_sets_get_one_column_per_set(tmp_path):
+    import json
+
+    for weight, books, wiki in ((0.05, 790.0, 1080.0), (0.5, 830.0, 700.0)):
+        run = write_run(tmp_path, f"dataset.sources.1.weight={weight}", [f"dataset.sources.1.weight={weight}"])
+        summary = json.loads((run / "summary.json").read_text())
+        summary["final_valid"].update({"books/ppl": books, "books/loss": 6.7, "wiki/ppl": wiki, "wiki/loss": 6.9})
+        summary["unigram_baseline"]["sets"] = {"books": {"ppl": 1000.0}, "wiki": {"ppl": 2000.0}}
+        (run / "summary.json").write_text(json.dumps(summary))
+    text, _ = report_of(tmp_path)
+    rows = table_rows(text, "## Validation sets")
+    assert rows == [["dataset.sources.1.weight=0.05", "790.0 (0.790)", "1,080.0 (0.540)"],
+                    ["dataset.sources.1.weight=0.5", "830.0 (0.830)", "700.0 (0.350)"]]  # fmt: skip
+    write_grid(tmp_path / "plain")
+    assert "## Validation sets" not in report_of(tmp_path / "plain")[0]  # one unnamed set: no such table
