@@ -47,3 +47,24 @@ def test_bow_baseline_separates_a_toy_sentiment_set(tmp_path):
     bad_run = subprocess.run([sys.executable, str(script), "--train", str(tmp_path / "train.tsv"), "--valid",
                               str(tmp_path / "dev.tsv"), "--label-column", "stars"], capture_output=True, text=True)  # fmt: skip
     assert bad_run.returncode == 2 and "has no column 'stars'" in bad_run.stderr.strip()
+
+
+def test_mixture_result_tabulates_each_set_by_share_over_seeds(tmp_path):
+    for share, seed, books, wiki in ((0.1, 1, 800.0, 1000.0), (0.1, 2, 810.0, 1040.0), (0.5, 1, 830.0, 700.0)):
+        run = tmp_path / "runs" / f"w{share}_s{seed}"
+        run.mkdir(parents=True)
+        sources = [{"name": "books", "weight": 3 * (1 - share)}, {"name": "wiki", "weight": 3 * share}]
+        summary = {"status": "finished", "config": {"dataset": {"sources": sources}},
+                   "final_valid": {"loss": 6.7, "ppl": books, "books/ppl": books, "wiki/ppl": wiki}}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "runs" / "failed").mkdir()
+    (tmp_path / "runs" / "failed" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "mixture_result.py"), str(tmp_path / "runs"),
+                             "--source", "wiki", "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "| 10% | 2 | 805.0 (800.0-810.0) | 1020.0 (1000.0-1040.0) |" in result.stdout
+    assert "| 50% | 1 | 830.0 (830.0-830.0) | 700.0 (700.0-700.0) |" in result.stdout
+    assert (out / "ppl_vs_share.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["share"] for r in rows] == [0.1, 0.5] and rows[0]["wiki"]["runs"] == [1000.0, 1040.0]

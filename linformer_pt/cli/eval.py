@@ -111,6 +111,9 @@ def eval_corpus(config: TrainConfig, tokenizer_path: Path) -> Any:
     from linformer_pt.data.tokenizer import load_tokenizer, special_ids
 
     data = config.dataset
+    sets = named_sets(config, tokenizer_path)
+    if sets is not None:  # a mixture or named validation sets: the first of them (linformer-analyze reads one)
+        return next(iter(sets.values()))
     if data.name == "shards":
         corpora = preprocessed_corpora(data.path, tokenizer_path)["corpora"]
         if "valid" not in corpora:
