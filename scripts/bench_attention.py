@@ -3,6 +3,7 @@ Like the Linformer paper's Table 3. Run: .venv/bin/python scripts/bench_attentio
 """
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import platform
@@ -43,8 +44,41 @@ class NaiveSelfAttention(StandardSelfAttention):
         return self.merge_heads(weights @ v)
 
 
+# The published Linformers, timed when installed (pip install linformer linformer-pytorch): lucidrains' `linformer`
+# and tatp22's `linformer-pytorch`, module prefix -> package.
+PUBLISHED = {"lucidrains": "linformer", "tatp22": "linformer_pytorch"}
+
+
+class Published(nn.Module):
+    """A published Linformer attention behind this project's call signature (x, padding_mask, shared_projection)."""
+
+    def __init__(self, variant: str, n: int, sharing: str) -> None:
+        super().__init__()
+        source, k = variant.split("-k")
+        if source == "lucidrains":  # one E, F per layer, shared by the heads (headwise); share_kv: E = F
+            from linformer import LinformerSelfAttention as Lucidrains
+
+            self.inner = Lucidrains(EMBED_DIM, n, int(k), HEADS, share_kv=sharing == "kv")
+        else:  # tatp22: a Python loop over heads, each with its own Q/K/V maps
+            from linformer_pytorch import MHAttention
+
+            mode = sharing if sharing in ("none", "headwise", "kv") else "headwise"
+            self.n = n  # its E and F are nn.Linear(n, k): inputs must be exactly n long
+            self.inner = MHAttention(n, EMBED_DIM // HEADS, EMBED_DIM, int(k), HEADS, 0.0, "C0", mode, None, None,
+                                     False, None)  # fmt: skip
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[nn.Module] = None):
+        # Neither takes a padding mask (the benchmark has no padding); tatp22's needs length n, so the short
+        # warm-up pass is zero-padded to it.
+        short = x.shape[1] < getattr(self, "n", 0)
+        out = self.inner(F.pad(x, (0, 0, 0, self.n - x.shape[1])) if short else x)
+        return out[:, : x.shape[1]]
+
+
 def build_module(scope: str, variant: str, n: int, sharing: str) -> nn.Module:
-    if variant == "sdpa":
+    if variant.split("-k")[0] in PUBLISHED:
+        attention: nn.Module = Published(variant, n, sharing)
+    elif variant == "sdpa":
         attention = StandardSelfAttention(embed_dim=EMBED_DIM, num_heads=HEADS, dropout=0.0)
     elif variant == "naive":
         attention = NaiveSelfAttention(embed_dim=EMBED_DIM, num_heads=HEADS, dropout=0.0)
@@ -123,9 +157,11 @@ def measure_times(point: Dict) -> Dict:
     return {v: {"time_ms": 1e3 * statistics.median(t), "reps": len(t)} for v, t in times.items()}
 
 
-def variants_at(n: int, ks: List[int]) -> List[str]:
+def variants_at(n: int, ks: List[int], published: bool = False) -> List[str]:
     # Linformer with k >= n would not shorten the sequence; the paper's Table 3 leaves those cells empty too.
-    return ["naive", "sdpa"] + [f"linformer-k{k}" for k in sorted(ks) if k < n]
+    ours = [f"linformer-k{k}" for k in sorted(ks) if k < n]
+    installed = [name for name, package in PUBLISHED.items() if published and importlib.util.find_spec(package)]
+    return ["naive", "sdpa"] + ours + [f"{name}-k{k}" for name in installed for k in sorted(ks) if k < n]
 
 
 def make_points(args: argparse.Namespace) -> List[Dict]:
@@ -135,7 +171,7 @@ def make_points(args: argparse.Namespace) -> List[Dict]:
     points = []
     for n in sorted(args.n):
         for scope in SCOPES:
-            variants = variants_at(n, args.k)
+            variants = variants_at(n, args.k, args.published)
             points.append({"kind": "time", "scope": scope, "n": n, "variants": variants, **common})
             # The CPU's high-water mark (max RSS) never goes down, so one process cannot measure CPU memory per point.
             if not (args.same_process and args.device == "cpu"):
@@ -250,6 +286,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192], help="sequence lengths")
     parser.add_argument("--k", type=int, nargs="+", default=[64, 128, 256, 512], help="Linformer projected lengths")
     parser.add_argument("--sharing", default="headwise", choices=["none", "headwise", "kv", "layerwise"])
+    parser.add_argument("--published", action="store_true", help="also time the published Linformers that are "
+                        "installed: lucidrains' linformer, tatp22's linformer-pytorch (pip install them)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--reps-budget", type=float, default=2.0, help="seconds of timed passes per point")

@@ -1,10 +1,11 @@
 """Benchmark tokens/s of a full CPU training step (fwd, bwd, clip, AdamW): Linformer vs standard attention vs HF RoBERTa.
-Run: .venv/bin/python scripts/bench_train.py [--n 256 512 --precision fp32 bf16 --steps 8 --threads 4 ...] (--help)
+Run: .venv/bin/python scripts/bench_train.py [--n 256 512 --precision fp32 bf16 --steps 8 --threads 4 --overhead ...] (--help)
 """
 import argparse
 import importlib.metadata
 import importlib.util
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -22,9 +23,10 @@ from linformer_pt.training.trainer import Trainer
 from benchlib import cpu_model, fmt, run_point, write_results  # noqa: E402  (scripts/ is on sys.path)
 
 VARIANTS = ("linformer", "standard", "transformers")
+OVERHEAD_RUNS = ("trainer", "bare", "bare-again")  # bare-again: an A/A, what noise alone gives
 PRECISIONS = ("fp32", "bf16")
 WARMUP_STEPS = 2
-RESULT_KEYS = ("tokens_per_s", "step_ms", "data_share", "error")
+RESULT_KEYS = ("tokens_per_s", "step_ms", "data_share", "error", "bare_ms", "overhead", "overhead_iqr", "aa", "aa_iqr")
 CSV_KEYS = ("precision", "n", "batch", "variant", "tokens_per_s", "step_ms", "data_share", "vs_standard",
             "vs_transformers", "error")  # fmt: skip
 Step = Callable[[Dict[str, torch.Tensor]], None]
@@ -33,7 +35,7 @@ Step = Callable[[Dict[str, torch.Tensor]], None]
 def compose_train_config(point: Dict) -> TrainConfig:
     """The project's TrainConfig for one point, composed as linformer-train (and tests/conftest.py) composes it."""
     # The transformers point only borrows the task (data) from the project, so its attention choice is moot.
-    attention = "standard" if point["variant"] == "transformers" else point["variant"]
+    attention = {"transformers": "standard", "overhead": "linformer"}.get(point["variant"], point["variant"])
     n = point["n"]
     overrides = [
         "model.layers=4", "model.embed_dim=256", "model.ffn_embed_dim=1024", "model.heads=4",
@@ -98,12 +100,47 @@ def time_steps(step: Step, batches: Iterator, steps: int) -> Dict:
     return {"tokens_per_s": tokens / total, "step_ms": 1e3 * total / steps, "data_share": data_s / total}
 
 
+def overhead(cfg: TrainConfig, task: Any, output_dir: Path, reps: int) -> Dict:
+    """Framework overhead: Trainer.train_step against a bare forward/backward/clip/AdamW/zero_grad loop over the
+    same model, optimizer and batches, interleaved step by step in an order rotated per repetition. A second bare
+    run (an A/A) measures the noise; the 25-75% spread of per-repetition ratios is reported with the medians."""
+    from profile_step import bare_step  # scripts/ is on sys.path
+
+    torch.manual_seed(cfg.common.seed)
+    model = MODELS.get(cfg.model.name).cls.build(cfg.model, task)
+    trainer = Trainer(cfg, task, model, output_dir)
+    bare = bare_step(trainer)
+    runs = {"trainer": lambda batch: trainer.train_step([batch]), "bare": bare, "bare-again": bare}
+    stream = (group[0] for group in trainer.train_iterator.forever())
+    batches = [next(stream) for _ in range(4)]
+    ms: Dict[str, List[float]] = {name: [] for name in OVERHEAD_RUNS}
+    for rep in range(WARMUP_STEPS + reps):
+        shift = rep % len(OVERHEAD_RUNS)
+        for name in OVERHEAD_RUNS[shift:] + OVERHEAD_RUNS[:shift]:
+            start = time.perf_counter()
+            runs[name](batches[rep % len(batches)])
+            if rep >= WARMUP_STEPS:
+                ms[name].append(1e3 * (time.perf_counter() - start))
+    med = {name: statistics.median(values) for name, values in ms.items()}
+
+    def spread(name: str) -> List[float]:
+        quartiles = statistics.quantiles([a / b - 1 for a, b in zip(ms[name], ms["bare"])], n=4)
+        return [quartiles[0], quartiles[2]]
+
+    tokens = float((~batches[0]["padding_mask"]).sum())
+    return {"tokens_per_s": 1e3 * tokens / med["trainer"], "step_ms": med["trainer"], "data_share": None,
+            "bare_ms": med["bare"], "overhead": med["trainer"] / med["bare"] - 1, "overhead_iqr": spread("trainer"),
+            "aa": med["bare-again"] / med["bare"] - 1, "aa_iqr": spread("bare-again")}  # fmt: skip
+
+
 def measure(point: Dict) -> Dict:
     """In a child process of its own: one (n, precision, variant) point."""
     if point["threads"]:
         torch.set_num_threads(point["threads"])
     cfg = compose_train_config(point)
     task = TASKS.get(cfg.task.name).cls.setup(cfg)
+    if point["variant"] == "overhead":
+        return overhead(cfg, task, Path(point["out"]), point["steps"])
     if point["variant"] == "transformers":
         step, batches = transformers_step(cfg, task, point["precision"])
     else:
@@ -145,6 +182,8 @@ def environment(threads: Optional[int]) -> Dict:
 
 
 def print_tables(rows: List[Dict], settings: str) -> None:
+    overhead_rows = [r for r in rows if r["variant"] == "overhead"]
+    rows = [r for r in rows if r["variant"] != "overhead"]
     for precision in dict.fromkeys(r["precision"] for r in rows):
         print(f"\n### {precision}: full training step, {settings}\n")
         print("| n | batch | variant | tokens/s | step ms | data-loader % | vs standard | vs transformers |")
@@ -154,7 +193,17 @@ def print_tables(rows: List[Dict], settings: str) -> None:
             cells = [fmt(r["tokens_per_s"], ",.0f"), fmt(r["step_ms"], ".0f"), fmt(share, ".1f")]
             cells += [fmt(r["vs_standard"], ".2f"), fmt(r["vs_transformers"], ".2f")]
             print(f"| {r['n']} | {r['batch']} | {r['variant']} | " + " | ".join(cells) + " |")
-    for r in (r for r in rows if r["error"]):
+    if overhead_rows:
+        print("\n### Framework overhead: Trainer.train_step vs a bare loop (Linformer), interleaved, medians\n")
+        print("| precision | n | trainer ms | bare ms | overhead | its 25-75% | A/A (bare vs bare) | its 25-75% |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in overhead_rows:
+            if r["error"]:
+                continue
+            iqr = ["{:+.1%} to {:+.1%}".format(*r[key]) for key in ("overhead_iqr", "aa_iqr")]
+            print(f"| {r['precision']} | {r['n']} | {r['step_ms']:.0f} | {r['bare_ms']:.0f} | {r['overhead']:+.1%} | "
+                  f"{iqr[0]} | {r['aa']:+.1%} | {iqr[1]} |")  # fmt: skip
+    for r in (r for r in rows + overhead_rows if r["error"]):
         print(f"missing: {r['precision']} n={r['n']} {r['variant']}: {r['error']}")
 
 
@@ -167,7 +216,7 @@ def plot(rows: List[Dict], path: Path) -> None:
     precisions = list(dict.fromkeys(r["precision"] for r in rows))
     fig, axes = plt.subplots(1, len(precisions), figsize=(6 * len(precisions), 4.5), squeeze=False)
     for ax, precision in zip(axes[0], precisions):
-        for variant in dict.fromkeys(r["variant"] for r in rows):
+        for variant in dict.fromkeys(r["variant"] for r in rows if r["variant"] != "overhead"):
             points = [(r["n"], r["tokens_per_s"]) for r in rows
                       if r["precision"] == precision and r["variant"] == variant and r["tokens_per_s"]]  # fmt: skip
             if points:
@@ -194,6 +243,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per point before it counts as missing")
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="corpus/tokenizer cache")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_train"))
+    parser.add_argument("--overhead", action="store_true",
+                        help="also time Trainer.train_step against a bare loop (framework overhead, with an A/A)")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: measure one point (JSON) in this process
     args = parser.parse_args()
     if args.point is None and max(args.n) > args.tokens_per_batch:
@@ -206,7 +257,7 @@ def main() -> None:
     if args.point:
         print(json.dumps(measure(json.loads(args.point))))
         return
-    variants = list(VARIANTS)
+    variants = list(VARIANTS) + (["overhead"] if args.overhead else [])
     if not importlib.util.find_spec("transformers"):
         print("transformers is not installed: no RobertaForMaskedLM rows (pip install transformers to include it)")
         variants.remove("transformers")

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from linformer_pt.config import check, check_choice
 from linformer_pt.errors import UserError
 from linformer_pt.modules.attention import ATTENTION_KINDS, SHARING_SCHEMES, AttentionSpec
+from linformer_pt.modules.dropout import dropout as fast_dropout
 from linformer_pt.modules.encoder import Encoder
 from linformer_pt.modules.projections import PROJECTION_INITS, PROJECTIONS
 from linformer_pt.registry import register_model
@@ -120,7 +121,7 @@ class LinformerRoberta(nn.Module):
             raise UserError(f"input length {n} exceeds model.max_positions={self.cfg.max_positions}")
         positions = torch.arange(n, device=tokens.device)
         x = self.embed_layer_norm(self.embed_tokens(tokens) + self.embed_positions(positions))
-        x = F.dropout(x, self.cfg.dropout, self.training)
+        x = fast_dropout(x, self.cfg.dropout, self.training)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
             # No padding: attention can skip the masking work. In training the trainer drops such masks itself, on

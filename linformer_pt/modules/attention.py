@@ -5,10 +5,12 @@ Both take x (B, n, d) and an optional padding mask (B, n), True at padded positi
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linformer_pt.modules.projections import SequenceProjection, build_projection
+from linformer_pt.modules.dropout import attention as softmax_attention
+from linformer_pt.modules.projections import SequenceProjection, build_projection, project_pair
 
 SHARING_SCHEMES = ("none", "headwise", "kv", "layerwise")
 ATTENTION_KINDS = ("linformer", "standard")
@@ -38,6 +40,17 @@ class _MultiHeadBase(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
 
+    def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Q, K, V of x (B, n, d), each (B, n, d), from one GEMM against [W_Q; W_K; W_V].
+
+        One matmul of the same FLOPs as three reads x once and makes one call instead of three; the weights stay
+        three nn.Linear modules, so state-dict names and shapes (checkpoints, hub import/export) do not change.
+        """
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        return q, k, v
+
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, m, d) -> (B, heads, m, head_dim)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -47,8 +60,7 @@ class _MultiHeadBase(nn.Module):
         return x.transpose(1, 2).flatten(2)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        p = self.dropout if self.training else 0.0
-        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p))
+        return self.merge_heads(softmax_attention(q, k, v, attn_mask, self.dropout, self.training))
 
 
 class StandardSelfAttention(_MultiHeadBase):
@@ -58,7 +70,7 @@ class StandardSelfAttention(_MultiHeadBase):
         self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None
     ) -> Tensor:
         """`shared_projection` is accepted and ignored, so layers can call any attention the same way."""
-        q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (self.split_heads(h) for h in self.qkv(x))
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
         return self.out_proj(self.attend(q, k, v, attn_mask))
 
@@ -92,11 +104,13 @@ class LinformerSelfAttention(_MultiHeadBase):
         f = self.proj_f or e
         # A boolean keep: in a bf16/fp16 model a float one would round the window lengths it is summed into.
         keep = None if padding_mask is None or self.fairseq_compat else ~padding_mask
-        q = self.split_heads(self.q_proj(x))
         if e.linear and not e.per_head:
+            # K and V are mapped on the k projected rows, Q on the n rows of x: no common input to fuse them on.
+            q = self.split_heads(self.q_proj(x))
             k, v = self.project_first(x, keep, e, f)
         else:
-            k, v = self.project_after(x, keep, e, f)
+            q, k, v = self.qkv(x)
+            q, (k, v) = self.split_heads(q), self.project_heads(k, v, keep, e, f)
         key_mask = None if self.fairseq_compat else e.projected_padding_mask(padding_mask, x.shape[1], x.device)
         return self.out_proj(self.attend(q, k, v, None if key_mask is None else ~key_mask[:, None, None, :]))
 
@@ -107,13 +121,11 @@ class LinformerSelfAttention(_MultiHeadBase):
 
         fairseq_compat computes fairseq's k_proj(E X) = (E X) W_K + b_K instead: the bias once per projected row.
         """
+        ex, fx = project_pair(e, f, x, keep)  # E and F in one GEMM where both are learned matrices
         if self.fairseq_compat:
-            ex = e(x, keep)
-            fx = ex if f is e else f(x, keep)
             return self.split_heads(self.k_proj(ex)), self.split_heads(self.v_proj(fx))
         ones = x.new_ones(x.shape[0], x.shape[1], 1)
-        ex, e1 = e(x, keep), e(ones, keep)
-        fx, f1 = (ex, e1) if f is e else (f(x, keep), f(ones, keep))
+        e1, f1 = project_pair(e, f, ones, keep)
         k = F.linear(ex, self.k_proj.weight) + e1 * self.k_proj.bias
         v = F.linear(fx, self.v_proj.weight) + f1 * self.v_proj.bias
         return self.split_heads(k), self.split_heads(v)
@@ -122,12 +134,17 @@ class LinformerSelfAttention(_MultiHeadBase):
         self, x: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection
     ) -> Tuple[Tensor, Tensor]:
         """Per-head or non-linear (max-pool) projections need the full n-row keys and values first."""
+        return self.project_heads(self.k_proj(x), self.v_proj(x), keep, e, f)
 
-        def project(linear: nn.Linear, proj: SequenceProjection) -> Tensor:
-            h = linear(x)
+    def project_heads(
+        self, k: Tensor, v: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection
+    ) -> Tuple[Tensor, Tensor]:
+        """Full keys and values (B, n, d) projected to k rows by E and F, split into heads (B, heads, k, head_dim)."""
+
+        def project(h: Tensor, proj: SequenceProjection) -> Tensor:
             return proj(self.split_heads(h), keep) if proj.per_head else self.split_heads(proj(h, keep))
 
-        return project(self.k_proj, e), project(self.v_proj, f)
+        return project(k, e), project(v, f)
 
 
 def build_attention(spec: AttentionSpec, embed_dim: int, num_heads: int, max_positions: int, k: int) -> nn.Module:

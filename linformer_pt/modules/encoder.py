@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linformer_pt.modules.attention import AttentionSpec, build_attention
+from linformer_pt.modules.dropout import dropout as fast_dropout
 from linformer_pt.modules.projections import SequenceProjection, build_projection
 
 
@@ -37,11 +38,11 @@ class EncoderLayer(nn.Module):
 
     def _residual(self, x: Tensor, norm: nn.LayerNorm, block: Callable[[Tensor], Tensor]) -> Tensor:
         if self.normalize_before:
-            return x + F.dropout(block(norm(x)), self.dropout, self.training)
-        return norm(x + F.dropout(block(x), self.dropout, self.training))
+            return x + fast_dropout(block(norm(x)), self.dropout, self.training)
+        return norm(x + fast_dropout(block(x), self.dropout, self.training))
 
     def _ffn(self, x: Tensor) -> Tensor:
-        return self.fc2(F.dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training))
+        return self.fc2(fast_dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training))
 
     def forward(
         self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None

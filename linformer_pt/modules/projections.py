@@ -6,7 +6,7 @@ first n rows of a learned E; pooling and conv windows adapt to each sample's rea
 them.
 """
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +162,26 @@ class ConvProjection(WindowProjection):
         lengths = lengths.unsqueeze(1)
         kernels = (lengths + self.k - 1) // self.k
         return torch.arange(self.k, device=device) * kernels >= lengths
+
+
+def project_pair(
+    e: SequenceProjection, f: SequenceProjection, x: Tensor, keep: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
+    """(E x, F x) for x (B, n, C): one GEMM against [E | F] when both are shared-over-heads learned matrices.
+
+    One (2k x n) @ (n x C) product instead of two (k x n) ones masks x once and makes one call; E x is reused
+    when F is E (sharing kv / layerwise).
+    """
+    if f is e:
+        ex = e(x, keep)
+        return ex, ex
+    if not (isinstance(e, LinearProjection) and isinstance(f, LinearProjection)) or e.per_head or f.per_head:
+        return e(x, keep), f(x, keep)
+    if keep is not None:
+        x = _masked(x, keep)
+    n = x.shape[-2]
+    both = torch.cat([e.matrix(n), f.matrix(n)], dim=-1).transpose(-1, -2).to(x.dtype) @ x
+    return both.split([e.k, f.k], dim=-2)
 
 
 def build_projection(

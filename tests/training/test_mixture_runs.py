@@ -65,8 +65,8 @@ def test_a_mixture_run_reports_each_source_and_each_held_out_set(mixture_run, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["dataset.streaming=true", "optimization.update_freq=2", "dataset.batch_size=8"]],
-                         ids=["cached", "streamed"])  # fmt: skip
+@pytest.mark.parametrize("extra", [[], ["dataset.streaming=true", "optimization.update_freq=2", "dataset.batch_size=8",
+                                     "dataset.sources.0.weight=3"]], ids=["cached", "streamed"])  # fmt: skip
 def test_kill_9_in_the_middle_of_a_mixture_then_resume_equals_an_uninterrupted_run(mixture_run, corpora, extra, tmp_path):
     args = [*mixture_run, *extra, valid_sets(corpora, "plays", "wiki"), "optimization.max_update=16",
             "optimization.validate_interval_updates=5", "checkpoint.save_interval_updates=3",
