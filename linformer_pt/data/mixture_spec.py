@@ -8,7 +8,7 @@ size, 0 uniform over sources, in between flattens towards the small ones).
 """
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -31,10 +31,6 @@ class CorpusSpec:
     path: str = ""
     weight: Optional[float] = None  # sources only
     max_valid_tokens: Optional[int] = None  # validation sets only; None: dataset.max_valid_tokens
-
-    @property
-    def kind(self) -> str:
-        return "files" if self.files else "hf" if self.hf_name else "shards"
 
 
 def _as_list(value: Any) -> Any:
@@ -117,11 +113,6 @@ def describe_shares(names: Sequence[str], sizes: Sequence[int], shares: np.ndarr
         lines.append(f"  source {name}: {size:,} samples, share {share:.1%} of the sequences drawn, "
                      f"{epochs:.2f} epochs of it in the run")  # fmt: skip
     return lines
-
-
-def specs_summary(specs: Sequence[CorpusSpec]) -> Dict[str, Any]:
-    """JSON-able form for provenance and summaries."""
-    return {s.name: {k: v for k, v in vars(s).items() if v not in ("", [], None) and k != "name"} for s in specs}
 
 
 def best_set(names: Sequence[str], chosen: str) -> str:

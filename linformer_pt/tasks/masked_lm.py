@@ -137,6 +137,7 @@ class MaskedLMTask:
         self.cfg, self.task_cfg = cfg, cfg.task
         data, tok_cfg = cfg.dataset, cfg.tokenizer
         given = Path(tok_cfg.path).expanduser() if tok_cfg.path else None
+        named = None  # a mixture's sources and named validation sets (data/named_corpora.py)
         if data.name == "shards":
             pre = preprocessed_corpora(data.path, given)
             self.tokenizer_path, corpora = pre["tokenizer_path"], pre["corpora"]
@@ -177,7 +178,7 @@ class MaskedLMTask:
         if data.valid_sets and data.name != "mixture":  # named validation sets beside a single training corpus
             named = named_corpora(data, tok_cfg, self.tokenizer_path)
             self.data_provenance = {"train": self.data_provenance, **named.provenance}
-        self.sets = MLMSets(self, named if data.name == "mixture" or data.valid_sets else None)
+        self.sets = MLMSets(self, named)
         self.word_begins = word_begins(self.tokenizer) if self.task_cfg.mask_whole_words else None
 
     @classmethod

@@ -169,6 +169,7 @@ class PeerLost(Exception):
 PHASES = {
     "train_step": "training update {next}",
     "validate": "validating after update {done}",
+    "validate_set": "validating after update {done}",
     "state_dict": "gathering the checkpoint of update {done}",
     "agree": "agreeing on stop and save after update {done}",
     "check_shared_folder": "checking the run folder",

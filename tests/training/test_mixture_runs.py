@@ -152,3 +152,32 @@ def test_eval_scores_several_named_sets(mixture_run, corpora, tmp_path):
     assert list(sets) == ["w", "p"] and sets["p"]["samples"] > result["sets"]["plays"]["samples"]
     bad = subprocess.run([*EVAL, str(run_dir), "--set", "nofiles"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--set nofiles: write NAME=FILE[,FILE...]" in bad.stderr
+
+
+def test_a_preprocessed_folder_is_a_source_and_lends_the_run_its_tokenizer(corpora, cache_dir, tmp_path):
+    shards = tmp_path / "shards"
+    prep = subprocess.run([str(Path(sys.executable).parent / "linformer-preprocess"), "dataset=text",
+                           f"dataset.train_files=[{corpora['plays']}]", "dataset.valid_fraction=0.2",
+                           "tokenizer.vocab_size=500", f"output={shards}", f"dataset.cache_dir={cache_dir}"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert prep.returncode == 0, prep.stderr
+    run_dir = tmp_path / "run"
+    out = finish(launch([
+        "experiment=smoke", "dataset=mixture", f"dataset.cache_dir={cache_dir}", "logging.progress_bar=false",
+        "logging.tensorboard=false", "optimization.max_update=3", "common.threads=1",
+        f"dataset.sources=[{{name: plays, path: {shards}, weight: 1}},{{name: wiki, files: [{corpora['wiki']}], weight: 1}}]",
+        valid_sets(corpora, "wiki"),
+    ], run_dir))  # fmt: skip
+    assert "source plays:" in out and "source wiki:" in out and "data valid wiki:" in out
+    # the folder's tokenizer is the run's, and the wiki text was tokenized with it
+    assert (run_dir / "tokenizer.json").read_bytes() == (shards / "tokenizer.json").read_bytes()
+    other = tmp_path / "other.json"  # a tokenizer of other text
+    made = subprocess.run([str(Path(sys.executable).parent / "linformer-train-tokenizer"), "dataset=text",
+                           f"dataset.train_files=[{corpora['wiki']}]", "tokenizer.vocab_size=500", f"output={other}",
+                           f"dataset.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path / 'tok'}"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    refused = launch(["experiment=smoke", "dataset=mixture", f"tokenizer.path={other}", f"dataset.cache_dir={cache_dir}",
+                      f"dataset.sources=[{{name: plays, path: {shards}}}]", valid_sets(corpora, "wiki")],
+                     tmp_path / "refused")  # fmt: skip
+    assert "was tokenized with another tokenizer than tokenizer.path" in finish(refused, expect=2)
