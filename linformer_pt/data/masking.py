@@ -112,7 +112,8 @@ class MaskedLMDataset(Dataset):
 
 
 def collate(samples: List[Dict[str, np.ndarray]], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Right-pad to the longest sample. `targets` holds the original ids at masked positions, row-major."""
+    """Right-pad to the longest sample. `targets` holds the original ids at masked positions, row-major;
+    `masked_index` their flat row-major indices (what the model's LM head gathers without a device sync)."""
     n = max(len(s["inputs"]) for s in samples)
     tokens = torch.full((len(samples), n), pad_id, dtype=torch.long)
     masked = torch.zeros((len(samples), n), dtype=torch.bool)
@@ -126,5 +127,6 @@ def collate(samples: List[Dict[str, np.ndarray]], pad_id: int) -> Dict[str, torc
         "tokens": tokens,
         "padding_mask": tokens.eq(pad_id),
         "masked_positions": masked,
+        "masked_index": masked.flatten().nonzero().squeeze(1),  # the same positions, counted here on the host
         "targets": torch.cat(targets),
     }

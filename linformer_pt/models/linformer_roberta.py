@@ -142,12 +142,17 @@ class LinformerRoberta(nn.Module):
     def forward(
         self, tokens: Tensor, padding_mask: Optional[Tensor] = None, masked_positions: Optional[Tensor] = None
     ) -> Tensor:
-        """LM logits: (M, V) at the M True entries of `masked_positions` when given, else (B, n, V).
+        """LM logits: (M, V) at the M masked positions when given, else (B, n, V). `masked_positions` is a bool
+        (B, n) mask, or the M row-major flat indices of its True entries (int64, as collate's "masked_index").
 
-        Running the head only where the loss is computed saves most of its cost (vocabulary x positions).
+        Running the head only where the loss is computed saves most of its cost (vocabulary x positions). Indices
+        are what training passes: a boolean index makes a GPU wait to learn M before it can size the result, while
+        indices computed by the data loader on the host size it up front.
         """
         features = self.extract_features(tokens, padding_mask)
-        if masked_positions is not None:
+        if masked_positions is not None and masked_positions.dtype == torch.long:
+            features = features.flatten(0, 1).index_select(0, masked_positions)
+        elif masked_positions is not None:
             features = features[masked_positions]
         return self.lm_head(features)
 

@@ -275,7 +275,8 @@ class MaskedLMTask:
 
     def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Any]]:
         """Summed cross-entropy over masked tokens, and its value (a detached tensor) and token count for logging."""
-        logits = model(batch["tokens"], batch["padding_mask"], batch["masked_positions"])
+        positions = batch["masked_index"] if "masked_index" in batch else batch["masked_positions"]
+        logits = model(batch["tokens"], batch["padding_mask"], positions)
         loss = F.cross_entropy(logits.float(), batch["targets"], reduction="sum")
         # The loss sum stays a device tensor: reading it here would make the host wait for the forward pass before
         # it can queue the backward (the trainer sums it on the device and reads it once per log record).
