@@ -67,7 +67,7 @@ def take(iterator: StreamingBatchIterator, updates: int) -> List[Dict[str, torch
 def assert_same(a: List[Dict[str, torch.Tensor]], b: List[Dict[str, torch.Tensor]]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        assert x.keys() == y.keys() == {"tokens", "padding_mask", "masked_positions", "targets"}
+        assert x.keys() == y.keys() == {"tokens", "padding_mask", "masked_positions", "masked_index", "targets"}
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
