@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from linformer_pt.data.mixture import DRAW_STREAM
-from linformer_pt.data.streaming import StreamingMaskedLM
+from linformer_pt.data.streaming import StreamingMaskedLM, plain_state
 from linformer_pt.errors import UserError
 
 
@@ -46,8 +46,7 @@ class SourceStream:
         return self.epoch - 1 + (self.taken / self.epoch_size if self.epoch_size else 0.0)
 
     def state_dict(self) -> Dict[str, Any]:
-        state = None if self.state is None else {**self.state, "tokens": np.asarray(self.state["tokens"]).tolist(),
-                                                  "units": list(self.state.get("units", []))}  # fmt: skip
+        state = None if self.state is None else plain_state(self.state)
         return {"epoch": self.epoch, "state": state, "taken": self.taken, "epoch_size": self.epoch_size}
 
     def load_state_dict(self, saved: Dict[str, Any]) -> None:

@@ -53,6 +53,11 @@ def start_state() -> StreamState:
     return {"position": None, "window": 0, "taken": 0, "tokens": np.empty(0, dtype=np.int64), "units": [], "number": 0}
 
 
+def plain_state(state: StreamState) -> StreamState:
+    """A stream state as plain Python values (lists, not arrays), as a checkpoint stores it."""
+    return {**state, "tokens": np.asarray(state["tokens"]).tolist(), "units": list(state.get("units", []))}
+
+
 def sentence_units(lengths: Sequence[int], block: int) -> np.ndarray:
     """Lengths of the units blocks.py packs: each sentence, an over-long one cut into full blocks and a remainder."""
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -324,8 +329,7 @@ class StreamingBatchIterator:
 
     def state_dict(self) -> Dict[str, Any]:
         """The position after the last batch handed out; plain Python values, one entry per logical worker."""
-        streams = {w: {**s, "tokens": np.asarray(s["tokens"]).tolist(), "units": list(s.get("units", []))}
-                   for w, s in self.states.items()}  # fmt: skip
+        streams = {w: plain_state(s) for w, s in self.states.items()}
         return {"epoch": self.epoch, "batches": self.batches, "next_worker": self.next_worker, "streams": streams,
                 **self._setting()}  # fmt: skip
 

@@ -24,6 +24,7 @@ class MLMSets:
 
     def __init__(self, task: Any, named: Optional[NamedCorpora]) -> None:
         self.task, self.named = task, named
+        self._datasets: Dict[int, MaskedLMDataset] = {}
         if named is not None and not named.valid:
             raise UserError("this mixture has no validation set: give dataset.valid_sets or dataset.valid_files "
                             "(preprocessed sources hold none out)")  # fmt: skip
@@ -33,6 +34,12 @@ class MLMSets:
         return self.task.cfg.dataset.name == "mixture"
 
     def _dataset(self, corpus: Any) -> MaskedLMDataset:
+        """The corpus's samples, built once: the iterators and the unigram baseline read the same ones."""
+        if id(corpus) not in self._datasets:
+            self._datasets[id(corpus)] = self._build(corpus)
+        return self._datasets[id(corpus)]
+
+    def _build(self, corpus: Any) -> MaskedLMDataset:
         t, task = self.task.task_cfg, self.task
         return MaskedLMDataset(corpus, t.tokens_per_sample, t.sample_break_mode, t.masking(), task.special_ids,
                                task.is_special, task.cfg.common.seed, task.word_begins)  # fmt: skip
