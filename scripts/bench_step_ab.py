@@ -20,6 +20,7 @@ import torch
 
 from linformer_pt.modules import attention, dropout
 from linformer_pt.registry import MODELS, TASKS
+from linformer_pt.tasks import masked_lm
 from linformer_pt.training.trainer import Trainer
 from bench_train import compose_train_config  # noqa: E402  (scripts/ is on sys.path; registers models, tasks)
 
@@ -30,8 +31,8 @@ Context = Callable[[], contextlib.AbstractContextManager]
 def separate_projections() -> Iterator[None]:
     """Before the fused QKV / E-F change: three Q, K, V GEMMs and one E, one F product."""
 
-    def qkv(self, x):  # type: ignore[no-untyped-def]
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    def qkv(self, x, queries=None):  # type: ignore[no-untyped-def]
+        return self.q_proj(x if queries is None else queries), self.k_proj(x), self.v_proj(x)
 
     def project_pair(e, f, x, keep):  # type: ignore[no-untyped-def]
         ex = e(x, keep)
@@ -55,6 +56,21 @@ def torch_dropout() -> Iterator[None]:
         dropout.ENABLED = True
 
 
+@contextlib.contextmanager
+def full_last_layer() -> Iterator[None]:
+    """Before the masked-grid change: the last layer on every row, its masked rows gathered after it."""
+    grid_path = masked_lm.masked_logits
+
+    def gather_after(model, batch):  # type: ignore[no-untyped-def]
+        return grid_path(model, {k: v for k, v in batch.items() if not k.startswith("masked_grid")})
+
+    masked_lm.masked_logits = gather_after
+    try:
+        yield
+    finally:
+        masked_lm.masked_logits = grid_path
+
+
 def set_adamw(mode: str) -> Callable[[Trainer], None]:
     """AdamW's implementation, read from each param group at every step: loop, foreach or fused."""
 
@@ -75,6 +91,8 @@ def variants(change: str) -> Dict[str, Tuple[Context, Callable[[Trainer], None],
         before, after = (separate_projections, keep, {}), (NONE, keep, {})
     elif change == "dropout":
         before, after = (torch_dropout, keep, {}), (NONE, keep, {})
+    elif change == "grid":
+        before, after = (full_last_layer, keep, {}), (NONE, keep, {})
     elif change == "compile":
         before, after = (NONE, keep, {}), (NONE, keep, {"compile": True})
     elif change == "optim":
@@ -154,7 +172,7 @@ def run(args: argparse.Namespace) -> Dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--change", required=True, choices=("qkv", "optim", "dropout", "compile"))
+    parser.add_argument("--change", required=True, choices=("qkv", "optim", "dropout", "grid", "compile"))
     parser.add_argument("--attention", default="linformer", choices=("linformer", "standard"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--n", type=int, default=256)

@@ -199,12 +199,14 @@ def evaluate_batches(model: Any, config: TrainConfig, device: torch.device, batc
     """Summed cross-entropy over the masked tokens of the validation batches, as the trainer's validate()."""
     from tqdm import tqdm
 
+    from linformer_pt.tasks.masked_lm import masked_logits
+
     batches, steps = batches
     model.to(device).eval()
     loss_sum, masked, tokens, samples = 0.0, 0, 0, 0
     for batch in tqdm(batches, total=steps, desc=desc, disable=not progress, file=sys.stderr):
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(batch["tokens"], batch["padding_mask"], batch["masked_positions"])
+        logits = masked_logits(model, batch)  # as validation computes them, so the figures are the same
         loss_sum += F.cross_entropy(logits.float(), batch["targets"], reduction="sum").item()
         masked += int(batch["targets"].numel())
         tokens += int((~batch["padding_mask"]).sum())

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from linformer_pt.data.binarize import TokenizedCorpus
 from linformer_pt.data.blocks import corpus_blocks
+from linformer_pt.modules.masked_grid import MaskedGrid
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ class MaskedLMDataset(Dataset):
 
 def collate(samples: List[Dict[str, np.ndarray]], pad_id: int) -> Dict[str, torch.Tensor]:
     """Right-pad to the longest sample. `targets` holds the original ids at masked positions, row-major;
-    `masked_index` their flat row-major indices (what the model's LM head gathers without a device sync)."""
+    `masked_index` their flat row-major indices (what the model's LM head gathers without a device sync), and
+    `masked_grid_*` the same positions laid out per sample (what lets the last layer compute only them)."""
     n = max(len(s["inputs"]) for s in samples)
     tokens = torch.full((len(samples), n), pad_id, dtype=torch.long)
     masked = torch.zeros((len(samples), n), dtype=torch.bool)
@@ -123,10 +125,13 @@ def collate(samples: List[Dict[str, np.ndarray]], pad_id: int) -> Dict[str, torc
         tokens[row, :length] = torch.from_numpy(s["inputs"])
         masked[row, :length] = torch.from_numpy(s["is_masked"])
         targets.append(torch.from_numpy(s["targets"][s["is_masked"]]))
+    grid = MaskedGrid.from_mask(masked)  # the same positions per sample, for the last layer (modules/masked_grid.py)
     return {
         "tokens": tokens,
         "padding_mask": tokens.eq(pad_id),
         "masked_positions": masked,
         "masked_index": masked.flatten().nonzero().squeeze(1),  # the same positions, counted here on the host
+        "masked_grid_rows": grid.rows,
+        "masked_grid_real": grid.real,
         "targets": torch.cat(targets),
     }

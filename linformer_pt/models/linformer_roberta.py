@@ -14,6 +14,7 @@ from linformer_pt.errors import UserError
 from linformer_pt.modules.attention import ATTENTION_KINDS, SHARING_SCHEMES, AttentionSpec
 from linformer_pt.modules.dropout import dropout as fast_dropout
 from linformer_pt.modules.encoder import Encoder
+from linformer_pt.modules.masked_grid import MaskedGrid
 from linformer_pt.modules.projections import PROJECTION_INITS, PROJECTIONS
 from linformer_pt.registry import register_model
 
@@ -114,8 +115,11 @@ class LinformerRoberta(nn.Module):
         """Build for `task`, which supplies the vocabulary size and padding index."""
         return cls(cfg, vocab_size=task.vocab_size, padding_idx=task.pad_id)
 
-    def extract_features(self, tokens: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        """Encoder output (B, n, d) for token ids (B, n); padding_mask is True at padded positions."""
+    def extract_features(
+        self, tokens: Tensor, padding_mask: Optional[Tensor] = None, grid: Optional[MaskedGrid] = None
+    ) -> Tensor:
+        """Encoder output (B, n, d) for token ids (B, n); padding_mask is True at padded positions. With a grid of
+        masked positions, the output (M, d) at those positions only (the last layer computes no other rows)."""
         n = tokens.shape[1]
         if n > self.cfg.max_positions:
             raise UserError(f"input length {n} exceeds model.max_positions={self.cfg.max_positions}")
@@ -128,7 +132,7 @@ class LinformerRoberta(nn.Module):
             # the host (training/step.py): looking here would make the host wait for the device every micro-batch.
             if not self.training and not padding_mask.any():
                 padding_mask = None
-        return self.encoder(x, padding_mask)
+        return self.encoder(x, padding_mask, grid)
 
     def lm_head(self, features: Tensor) -> Tensor:
         """Vocabulary logits for features (..., d), using the tied token embedding matrix."""
@@ -136,19 +140,28 @@ class LinformerRoberta(nn.Module):
         return F.linear(x, self.embed_tokens.weight, self.lm_bias)
 
     def forward_flops(self, n: int, masked: float) -> float:
-        """Matmul FLOPs of one forward pass over n tokens with `masked` LM-head positions."""
-        return forward_flops(self.cfg, self.embed_tokens.num_embeddings, n, masked)
+        """Matmul FLOPs of one training forward pass over n tokens with `masked` LM-head positions (the last layer
+        at those rows only, as with collate's grid)."""
+        return forward_flops(self.cfg, self.embed_tokens.num_embeddings, n, masked, last_layer_rows=masked)
 
     def forward(
-        self, tokens: Tensor, padding_mask: Optional[Tensor] = None, masked_positions: Optional[Tensor] = None
+        self,
+        tokens: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        masked_positions: Optional[Tensor] = None,
+        grid: Optional[MaskedGrid] = None,
     ) -> Tensor:
         """LM logits: (M, V) at the M masked positions when given, else (B, n, V). `masked_positions` is a bool
         (B, n) mask, or the M row-major flat indices of its True entries (int64, as collate's "masked_index").
+        `grid` (collate's "masked_grid"), the same positions laid out per sample, replaces them and lets the last
+        layer compute only those rows (the same logits, in the same order).
 
         Running the head only where the loss is computed saves most of its cost (vocabulary x positions). Indices
         are what training passes: a boolean index makes a GPU wait to learn M before it can size the result, while
         indices computed by the data loader on the host size it up front.
         """
+        if grid is not None:
+            return self.lm_head(self.extract_features(tokens, padding_mask, grid))
         features = self.extract_features(tokens, padding_mask)
         if masked_positions is not None and masked_positions.dtype == torch.long:
             features = features.flatten(0, 1).index_select(0, masked_positions)
@@ -169,21 +182,27 @@ def _init_bert_params(module: nn.Module) -> None:
             module.weight.data[module.padding_idx].zero_()
 
 
-def forward_flops(cfg: LinformerRobertaConfig, vocab_size: int, n: int, masked: float) -> float:
+def forward_flops(
+    cfg: LinformerRobertaConfig, vocab_size: int, n: int, masked: float, last_layer_rows: Optional[float] = None
+) -> float:
     """Matmul FLOPs of one forward pass over a sequence of n tokens with `masked` LM-head positions.
 
     Counts what this implementation computes: Linformer's projections and n x k attention, the K/V maps on k rows
-    where the sequence is projected first, and the LM head at masked positions only. Training is about 3x this.
-    Pooling and conv windows are sums, not matmuls: they count 0, as in PyTorch's FlopCounterMode.
+    where the sequence is projected first, and the LM head at masked positions only. `last_layer_rows`: the rows the
+    last layer computes queries, attention, output map and feed-forward for (default n; masked with collate's grid,
+    whose per-sample padding entries are not counted). Training is about 3x this. Pooling and conv windows are
+    sums, not matmuls: they count 0, as in PyTorch's FlopCounterMode.
     """
     d, f = cfg.embed_dim, cfg.ffn_embed_dim
     total = 2.0 * masked * (d * d + d * vocab_size)
-    for k in cfg.layer_ks():
-        total += 4.0 * n * d * d + 4.0 * n * d * f  # Q and output maps, feed-forward
+    ks = cfg.layer_ks()
+    for i, k in enumerate(ks):
+        rows = n if last_layer_rows is None or i < len(ks) - 1 else last_layer_rows
+        total += 4.0 * rows * d * d + 4.0 * rows * d * f  # Q and output maps, feed-forward
         if cfg.attention == "standard" or cfg.projection == "identity":
-            total += 4.0 * n * d * d + 4.0 * n * n * d
+            total += 4.0 * n * d * d + 4.0 * rows * n * d  # K and V maps; Q K^T and P V
             continue
-        total += 4.0 * n * k * d + _kv_flops(cfg, n, k)  # softmax(Q K'^T) V' over k rows
+        total += 4.0 * rows * k * d + _kv_flops(cfg, n, k)  # softmax(Q K'^T) V' over k rows
     return total
 
 

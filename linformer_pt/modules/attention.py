@@ -40,16 +40,19 @@ class _MultiHeadBase(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
 
-    def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Q, K, V of x (B, n, d), each (B, n, d), from one GEMM against [W_Q; W_K; W_V].
+    def qkv(self, x: Tensor, queries: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """Q, K, V of x (B, n, d), each (B, n, d), from one GEMM against [W_Q; W_K; W_V]; with `queries`
+        (B, m, d), Q of those rows instead (and K, V of x from one GEMM against [W_K; W_V]).
 
         One matmul of the same FLOPs as three reads x once and makes one call instead of three; the weights stay
         three nn.Linear modules, so state-dict names and shapes (checkpoints, hub import/export) do not change.
         """
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
-        return q, k, v
+        maps = (self.q_proj, self.k_proj, self.v_proj) if queries is None else (self.k_proj, self.v_proj)
+        weight, bias = torch.cat([m.weight for m in maps]), torch.cat([m.bias for m in maps])
+        outputs = F.linear(x, weight, bias).chunk(len(maps), dim=-1)
+        if queries is None:
+            return outputs[0], outputs[1], outputs[2]
+        return self.q_proj(queries), outputs[0], outputs[1]
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, m, d) -> (B, heads, m, head_dim)."""
@@ -67,10 +70,15 @@ class StandardSelfAttention(_MultiHeadBase):
     """softmax(Q K^T / sqrt(dh)) V over all n keys, padded keys excluded (PyTorch's fused SDPA)."""
 
     def forward(
-        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None
+        self,
+        x: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        shared_projection: Optional[SequenceProjection] = None,
+        queries: Optional[Tensor] = None,
     ) -> Tensor:
-        """`shared_projection` is accepted and ignored, so layers can call any attention the same way."""
-        q, k, v = (self.split_heads(h) for h in self.qkv(x))
+        """`shared_projection` is accepted and ignored, so layers can call any attention the same way. `queries`
+        (B, m, d): attend from those rows only (over all of x), giving (B, m, d)."""
+        q, k, v = (self.split_heads(h) for h in self.qkv(x, queries))
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
         return self.out_proj(self.attend(q, k, v, attn_mask))
 
@@ -96,8 +104,13 @@ class LinformerSelfAttention(_MultiHeadBase):
         self.proj_f = make() if spec.sharing in ("none", "headwise") else None
 
     def forward(
-        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None
+        self,
+        x: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        shared_projection: Optional[SequenceProjection] = None,
+        queries: Optional[Tensor] = None,
     ) -> Tensor:
+        """(B, n, d) -> (B, n, d); with `queries` (B, m, d), attention from those rows only: (B, m, d)."""
         e = shared_projection if self.sharing == "layerwise" else self.proj_e
         if e is None:
             raise ValueError("layerwise sharing needs the encoder's shared projection")
@@ -106,10 +119,10 @@ class LinformerSelfAttention(_MultiHeadBase):
         keep = None if padding_mask is None or self.fairseq_compat else ~padding_mask
         if e.linear and not e.per_head:
             # K and V are mapped on the k projected rows, Q on the n rows of x: no common input to fuse them on.
-            q = self.split_heads(self.q_proj(x))
+            q = self.split_heads(self.q_proj(x if queries is None else queries))
             k, v = self.project_first(x, keep, e, f)
         else:
-            q, k, v = self.qkv(x)
+            q, k, v = self.qkv(x, queries)
             q, (k, v) = self.split_heads(q), self.project_heads(k, v, keep, e, f)
         key_mask = None if self.fairseq_compat else e.projected_padding_mask(padding_mask, x.shape[1], x.device)
         return self.out_proj(self.attend(q, k, v, None if key_mask is None else ~key_mask[:, None, None, :]))

@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from linformer_pt.modules.attention import AttentionSpec, build_attention
 from linformer_pt.modules.dropout import dropout as fast_dropout
+from linformer_pt.modules.masked_grid import MaskedGrid
 from linformer_pt.modules.projections import SequenceProjection, build_projection
 
 
@@ -45,9 +46,20 @@ class EncoderLayer(nn.Module):
         return self.fc2(fast_dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training))
 
     def forward(
-        self, x: Tensor, padding_mask: Optional[Tensor] = None, shared_projection: Optional[SequenceProjection] = None
+        self,
+        x: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        shared_projection: Optional[SequenceProjection] = None,
+        grid: Optional[MaskedGrid] = None,
     ) -> Tensor:
-        x = self._residual(x, self.attn_layer_norm, lambda h: self.self_attn(h, padding_mask, shared_projection))
+        """(B, n, d) -> (B, n, d); with a grid, only its rows: (M, d), queries at those rows, keys over all of x."""
+        if grid is None:
+            x = self._residual(x, self.attn_layer_norm, lambda h: self.self_attn(h, padding_mask, shared_projection))
+        else:
+            h = self.attn_layer_norm(x) if self.normalize_before else x
+            attended = grid.pick(self.self_attn(h, padding_mask, shared_projection, grid.gather(h)))
+            x, attended = grid.pick(grid.gather(x)), fast_dropout(attended, self.dropout, self.training)
+            x = x + attended if self.normalize_before else self.attn_layer_norm(x + attended)
         return self._residual(x, self.final_layer_norm, self._ffn)
 
 
@@ -93,11 +105,14 @@ class Encoder(nn.Module):
                 if isinstance(module, SequenceProjection):
                     module.requires_grad_(False)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        for layer in self.layers:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, grid: Optional[MaskedGrid] = None) -> Tensor:
+        """(B, n, d) -> (B, n, d); with a grid of masked positions, (M, d) at those rows only: the last layer then
+        computes just them (modules/masked_grid.py)."""
+        for i, layer in enumerate(self.layers):
+            args = (x, padding_mask, self.shared_projection, grid if i == len(self.layers) - 1 else None)
             if self.checkpoint_activations and self.training and torch.is_grad_enabled():
                 # Keeps only each layer's input; backward reruns the layer (with the same dropout masks).
-                x = checkpoint(layer, x, padding_mask, self.shared_projection, use_reentrant=False)
+                x = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x = layer(x, padding_mask, self.shared_projection)
+                x = layer(*args)
         return x if self.final_layer_norm is None else self.final_layer_norm(x)

@@ -26,6 +26,7 @@ from linformer_pt.data.streaming import StreamingBatchIterator, StreamingMaskedL
 from linformer_pt.data.tokenizer import cached_tokenizer, load_tokenizer, special_ids, special_mask, word_begins
 from linformer_pt.data.unigram import token_counts, unigram_baseline
 from linformer_pt.errors import UserError
+from linformer_pt.modules.masked_grid import MaskedGrid
 from linformer_pt.registry import register_task
 from linformer_pt.tasks.mlm_sets import MLMSets
 from linformer_pt.training.distributed import world_from_env
@@ -275,9 +276,7 @@ class MaskedLMTask:
 
     def loss(self, model: nn.Module, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Any]]:
         """Summed cross-entropy over masked tokens, and its value (a detached tensor) and token count for logging."""
-        positions = batch["masked_index"] if "masked_index" in batch else batch["masked_positions"]
-        logits = model(batch["tokens"], batch["padding_mask"], positions)
-        loss = F.cross_entropy(logits.float(), batch["targets"], reduction="sum")
+        loss = F.cross_entropy(masked_logits(model, batch).float(), batch["targets"], reduction="sum")
         # The loss sum stays a device tensor: reading it here would make the host wait for the forward pass before
         # it can queue the backward (the trainer sums it on the device and reads it once per log record).
         return loss, {"loss_sum": loss.detach(), "masked": int(batch["targets"].numel())}
@@ -285,3 +284,16 @@ class MaskedLMTask:
     def provenance(self) -> Dict[str, Any]:
         """Hashes that identify the data and tokenizer a model was trained on."""
         return {"tokenizer_sha256": sha256_file(self.tokenizer_path), "data": self.data_provenance}
+
+
+def masked_logits(model: nn.Module, batch: Dict[str, Tensor]) -> Tensor:
+    """Vocabulary logits (M, V) at a batch's masked positions, in the order of its targets.
+
+    With collate's grid the last layer computes only the masked rows (modules/masked_grid.py); batches without it
+    (the trainer's empty batch, older callers) gather them from the full output.
+    """
+    if "masked_grid_rows" in batch:
+        grid = MaskedGrid(batch["masked_grid_rows"], batch["masked_grid_real"])
+        return model(batch["tokens"], batch["padding_mask"], grid=grid)
+    positions = batch["masked_index"] if "masked_index" in batch else batch["masked_positions"]
+    return model(batch["tokens"], batch["padding_mask"], positions)

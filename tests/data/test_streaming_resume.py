@@ -67,7 +67,10 @@ def take(iterator: StreamingBatchIterator, updates: int) -> List[Dict[str, torch
 def assert_same(a: List[Dict[str, torch.Tensor]], b: List[Dict[str, torch.Tensor]]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        assert x.keys() == y.keys() == {"tokens", "padding_mask", "masked_positions", "masked_index", "targets"}
+        assert x.keys() == y.keys() == {
+            "tokens", "padding_mask", "masked_positions", "masked_index", "masked_grid_rows", "masked_grid_real",
+            "targets",
+        }
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 

@@ -6,7 +6,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
+from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig, forward_flops
+from linformer_pt.modules.masked_grid import MaskedGrid
 from linformer_pt.modules.attention import SHARING_SCHEMES
 from linformer_pt.modules.projections import PROJECTIONS
 
@@ -25,8 +26,12 @@ def test_forward_flops_match_pytorchs_counter(attention, sharing, projection, fa
     masked = torch.zeros_like(tokens, dtype=torch.bool)
     masked[0, ::8] = True
     # The math kernel spells attention out as matmuls, which the counter sees (it has no formula for CPU flash).
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(tokens, None, masked)
-    counted = counter.get_total_flops()
-    # Exact: the count follows the code path (project first or not) that each scheme takes.
-    assert model.forward_flops(128, int(masked.sum())) == pytest.approx(counted, rel=1e-9)
+    for grid in (None, MaskedGrid.from_mask(masked)):  # every row (fine-tuning, features); the masked-LM loss's
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(tokens, None, masked, grid)
+        counted = counter.get_total_flops()
+        # Exact: the count follows the code path (project first or not) that each scheme takes.
+        last_rows = None if grid is None else int(masked.sum())
+        expected = forward_flops(cfg, 500, 128, int(masked.sum()), last_layer_rows=last_rows)
+        assert expected == pytest.approx(counted, rel=1e-9)
+    assert model.forward_flops(128, int(masked.sum())) == expected  # training's count: the grid's

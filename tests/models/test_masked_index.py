@@ -41,13 +41,17 @@ def test_indices_and_the_bool_mask_give_the_same_logits_and_gradients():
         torch.testing.assert_close(a, c)
 
 
-def test_the_masked_lm_loss_passes_indices(monkeypatch):
+def test_the_masked_lm_loss_passes_the_grid_or_indices(monkeypatch):
     from linformer_pt.tasks.masked_lm import MaskedLMTask
 
     seen = []
     cfg = LinformerRobertaConfig(layers=1, embed_dim=32, ffn_embed_dim=64, heads=2, max_positions=16, k=4)
     model = LinformerRoberta(cfg, vocab_size=100, padding_idx=1)
     real = model.forward
-    monkeypatch.setattr(model, "forward", lambda t, p, m: seen.append(m.dtype) or real(t, p, m))
-    loss, stats = MaskedLMTask.loss(None, model, batch())
-    assert seen == [torch.long] and stats["masked"] == len(batch()["targets"])
+    monkeypatch.setattr(model, "forward", lambda t, p, m=None, grid=None: seen.append((m, grid)) or real(t, p, m, grid))
+    b = batch()
+    loss, stats = MaskedLMTask.loss(None, model, b)
+    assert seen[0][0] is None and seen[0][1].rows is b["masked_grid_rows"] and stats["masked"] == len(b["targets"])
+    del b["masked_grid_rows"], b["masked_grid_real"]  # a batch without the grid: indices, no device sync either
+    MaskedLMTask.loss(None, model, b)
+    assert seen[1][0].dtype == torch.long and seen[1][1] is None

@@ -18,8 +18,8 @@ from linformer_pt.modules.projections import PROJECTIONS, build_projection, proj
 D, H, N, K = 16, 4, 12, 5
 
 
-def separate_qkv(self, x):
-    return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+def separate_qkv(self, x, queries=None):
+    return self.q_proj(x if queries is None else queries), self.k_proj(x), self.v_proj(x)
 
 
 def separate_pair(e, f, x, keep):
