@@ -35,8 +35,9 @@ def separate_projections() -> Iterator[None]:
         return self.q_proj(x if queries is None else queries), self.k_proj(x), self.v_proj(x)
 
     def project_pair(e, f, x, keep):  # type: ignore[no-untyped-def]
-        ex = e(x, keep)
-        return ex, (ex if f is e else f(x, keep))
+        ones = x.new_ones(x.shape[0], x.shape[1], 1)
+        ex, e1 = e(x, keep), e(ones, keep)
+        return (ex, ex, e1, e1) if f is e else (ex, f(x, keep), e1, f(ones, keep))
 
     saved = attention._MultiHeadBase.qkv, attention.project_pair
     attention._MultiHeadBase.qkv, attention.project_pair = qkv, project_pair

@@ -216,6 +216,7 @@ def _kv_flops(cfg: LinformerRobertaConfig, n: int, k: int) -> float:
     if cfg.projection == "max_pool" or per_head:
         return 4.0 * n * d * d + (2 * 2.0 * k * n * d if learned else 0.0)  # K/V maps on n rows, then E and F
     projections = 1 if cfg.sharing in ("kv", "layerwise") else 2
-    # E X, plus E 1 for the bias term (fairseq_compat adds the bias once per projected row instead).
-    project = (2.0 * k * n * d + (0.0 if cfg.fairseq_compat else 2.0 * k * n)) if learned else 0.0
+    # E X. E 1, the bias term, is E's column sums without padding (with padding, a product with the keep mask: 2kn
+    # more per sample, not counted here, as training batches of sample_break_mode=none have no padding).
+    project = 2.0 * k * n * d if learned else 0.0
     return 4.0 * k * d * d + projections * project

@@ -134,11 +134,9 @@ class LinformerSelfAttention(_MultiHeadBase):
 
         fairseq_compat computes fairseq's k_proj(E X) = (E X) W_K + b_K instead: the bias once per projected row.
         """
-        ex, fx = project_pair(e, f, x, keep)  # E and F in one GEMM where both are learned matrices
+        ex, fx, e1, f1 = project_pair(e, f, x, keep)  # E and F in one GEMM where both are learned matrices
         if self.fairseq_compat:
             return self.split_heads(self.k_proj(ex)), self.split_heads(self.v_proj(fx))
-        ones = x.new_ones(x.shape[0], x.shape[1], 1)
-        e1, f1 = project_pair(e, f, ones, keep)
         k = F.linear(ex, self.k_proj.weight) + e1 * self.k_proj.bias
         v = F.linear(fx, self.v_proj.weight) + f1 * self.v_proj.bias
         return self.split_heads(k), self.split_heads(v)

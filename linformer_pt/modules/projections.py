@@ -166,22 +166,31 @@ class ConvProjection(WindowProjection):
 
 def project_pair(
     e: SequenceProjection, f: SequenceProjection, x: Tensor, keep: Optional[Tensor] = None
-) -> Tuple[Tensor, Tensor]:
-    """(E x, F x) for x (B, n, C): one GEMM against [E | F] when both are shared-over-heads learned matrices.
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(E x, F x, E m, F m) for x (B, n, C), where m (B, n, 1) is 1 at kept positions (all ones without `keep`):
+    E m and F m, (B or 1, k, 1), carry the bias terms of the key and value maps (E(XW + 1b) = (EX)W + (E1)b).
 
-    One (2k x n) @ (n x C) product instead of two (k x n) ones masks x once and makes one call; E x is reused
-    when F is E (sharing kv / layerwise).
+    Where both are shared-over-heads learned matrices: one (2k x n) @ (n x C) product against [E | F] masks x once
+    and makes one call, and E m is [E | F]'s column sums (without padding) or its product with the keep mask; E x
+    is reused when F is E (sharing kv / layerwise).
     """
-    if f is e:
-        ex = e(x, keep)
-        return ex, ex
-    if not (isinstance(e, LinearProjection) and isinstance(f, LinearProjection)) or e.per_head or f.per_head:
-        return e(x, keep), f(x, keep)
+    learned = all(isinstance(p, LinearProjection) and not p.per_head for p in (e, f))
+    if not learned:
+        ones = x.new_ones(x.shape[0], x.shape[1], 1)
+        ex, e1 = e(x, keep), e(ones, keep)
+        return (ex, ex, e1, e1) if f is e else (ex, f(x, keep), e1, f(ones, keep))
     if keep is not None:
         x = _masked(x, keep)
     n = x.shape[-2]
-    both = torch.cat([e.matrix(n), f.matrix(n)], dim=-1).transpose(-1, -2).to(x.dtype) @ x
-    return both.split([e.k, f.k], dim=-2)
+    matrices = [e.matrix(n)] if f is e else [e.matrix(n), f.matrix(n)]
+    both = (matrices[0] if f is e else torch.cat(matrices, dim=-1)).transpose(-1, -2).to(x.dtype)
+    projected = both @ x
+    counts = both.sum(-1, keepdim=True).unsqueeze(0) if keep is None else both @ keep.to(x.dtype).unsqueeze(-1)
+    if f is e:
+        return projected, projected, counts, counts
+    ex, fx = projected.split([e.k, f.k], dim=-2)
+    e1, f1 = counts.split([e.k, f.k], dim=-2)
+    return ex, fx, e1, f1
 
 
 def build_projection(

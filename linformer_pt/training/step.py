@@ -88,6 +88,8 @@ class UpdateStep:
         out: Dict[str, Any] = {k: v.to(self.trainer.device, non_blocking=True) for k, v in batch.items()}
         if not padded:
             out["padding_mask"] = None
+        if self.trainer.cfg.trainer.compile:
+            mark_masked_counts_dynamic(out)
         return out
 
     def clip(self) -> Tensor:
@@ -140,6 +142,18 @@ class UpdateStats(dict):
     def __getitem__(self, key: str) -> Any:
         value = super().__getitem__(key)
         return float(value) if isinstance(value, Tensor) else value
+
+
+# The dimensions that count masked positions, which change from batch to batch.
+MASKED_COUNT_DIMS = {"masked_index": 0, "masked_grid_rows": 1, "masked_grid_real": 0, "targets": 0}
+
+
+def mark_masked_counts_dynamic(batch: Dict[str, Any]) -> None:
+    """Tell torch.compile up front that the masked counts vary: otherwise it compiles the graph for the first
+    batch's counts and again, as dynamic, at the second batch (a second compile of tens of seconds)."""
+    for key, dim in MASKED_COUNT_DIMS.items():
+        if isinstance(batch.get(key), Tensor) and batch[key].dim() > dim:
+            torch._dynamo.maybe_mark_dynamic(batch[key], dim)
 
 
 def host_counts(batch: Dict[str, Tensor]) -> Tuple[int, int, bool]:

@@ -23,3 +23,48 @@ def test_compiled_encoder_matches_eager_loss_and_gradients():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     for p, g in zip(encoder.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-5)
+
+
+def test_changing_masked_counts_do_not_recompile_the_model():
+    """trainer.compile marks the masked-count dimensions dynamic (training/step.py), so a batch with other counts
+    reuses the graph instead of compiling it again; unmarked, the second batch recompiles (the test can fail)."""
+    from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
+    from linformer_pt.tasks.masked_lm import masked_logits
+    from linformer_pt.training.step import mark_masked_counts_dynamic
+    import numpy as np
+
+    from linformer_pt.data.masking import collate
+
+    def batch(seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        samples = []
+        for length in (16, 11, 14):
+            tokens = rng.integers(5, 100, length)
+            samples.append({"inputs": tokens, "targets": tokens, "is_masked": rng.random(length) < 0.3})
+        return collate(samples, pad_id=1)
+
+    counts = {}
+    for marked in (True, False):
+        torch._dynamo.reset()
+        graphs = []
+
+        def backend(gm, example_inputs):  # counts graphs; runs them as traced (no inductor: fast)
+            graphs.append(gm)
+            return gm.forward
+
+        torch.manual_seed(0)
+        cfg = LinformerRobertaConfig(layers=2, embed_dim=32, ffn_embed_dim=64, heads=4, max_positions=16, k=4,
+                                     dropout=0.0, attention_dropout=0.0)  # fmt: skip
+        model = LinformerRoberta(cfg, vocab_size=100, padding_idx=1).train()  # as trained: one graph, no break
+        compiled = torch.compile(model, backend=backend)
+        after_first = None
+        for seed in range(4):
+            b = batch(seed)
+            if marked:
+                mark_masked_counts_dynamic(b)
+            with torch.no_grad():
+                torch.testing.assert_close(masked_logits(compiled, b), masked_logits(model, b))
+            after_first = len(graphs) if after_first is None else after_first
+        counts[marked] = (after_first, len(graphs))
+    assert counts[True][0] == counts[True][1], counts  # marked: no graph after the first batch's
+    assert counts[False][1] > counts[False][0], counts  # unmarked: compiled again

@@ -23,7 +23,8 @@ def separate_qkv(self, x, queries=None):
 
 
 def separate_pair(e, f, x, keep):
-    return e(x, keep), f(x, keep)
+    ones = x.new_ones(x.shape[0], x.shape[1], 1)
+    return e(x, keep), f(x, keep), e(ones, keep), f(ones, keep)
 
 
 def build(kind: str, sharing: str = "headwise", projection: str = "linear"):
@@ -88,11 +89,15 @@ def test_project_pair_equals_e_and_f_apart_and_reuses_e_when_shared():
     x = torch.randn(2, 9, D, dtype=torch.float64)  # shorter than max_positions: the first 9 rows of E and F
     keep = torch.ones(2, 9, dtype=torch.bool)
     keep[0, 6:] = False
-    ex, fx = project_pair(e, f, x, keep)
-    torch.testing.assert_close(ex, e(x, keep))
-    torch.testing.assert_close(fx, f(x, keep))
-    same_e, same_f = project_pair(e, e, x, keep)
-    assert same_e is same_f
+    ones = torch.ones(2, 9, 1, dtype=torch.float64)
+    for mask in (keep, None):  # the projected ones: E's column sums without padding, its product with keep with it
+        ex, fx, e1, f1 = project_pair(e, f, x, mask)
+        torch.testing.assert_close(ex, e(x, mask))
+        torch.testing.assert_close(fx, f(x, mask))
+        torch.testing.assert_close(e1.expand(2, K, 1), e(ones, mask))
+        torch.testing.assert_close(f1.expand(2, K, 1), f(ones, mask))
+    same_e, same_f, same_e1, same_f1 = project_pair(e, e, x, keep)
+    assert same_e is same_f and same_e1 is same_f1
 
 
 def test_keep_mask_rate_scale_and_reproducibility():
