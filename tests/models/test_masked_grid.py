@@ -116,3 +116,17 @@ def test_training_with_dropout_through_the_grid_is_a_function_of_the_seed():
         torch.manual_seed(7)
         losses.append(torch.nn.functional.cross_entropy(masked_logits(model.train(), b), b["targets"]).item())
     assert losses[0] == losses[1] and np.isfinite(losses[0])
+
+
+def test_a_batch_with_no_masked_position_trains_to_zero_loss_and_finite_gradients():
+    model = model_for({}).train()
+    b = batch(lengths=(6, 4))
+    for key in ("masked_positions",):
+        b[key][:] = False
+    grid = MaskedGrid.from_mask(b["masked_positions"])
+    b.update(masked_grid_rows=grid.rows, masked_grid_real=grid.real, targets=b["targets"][:0])
+    logits = masked_logits(model, b)
+    loss = torch.nn.functional.cross_entropy(logits, b["targets"], reduction="sum")
+    loss.backward()
+    assert logits.shape == (0, 100) and loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
