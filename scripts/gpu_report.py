@@ -70,6 +70,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
                   f"{c['tolerance']:g} | {c['ok']} |" for c in res["checks"]]  # fmt: skip
     if res.get("fp16_overflow"):
         lines += ["", f"fp16 injected overflow: {res['fp16_overflow']}"]
+    if res.get("device_syncs"):
+        lines += ["", f"host-device syncs per bf16 update between log records (goal 0): {res['device_syncs']}"]
     runs = {**steps.get("training", {}).get("results", {}), **steps.get("torchrun", {}).get("results", {})}
     runs = {k: v for k, v in runs.items() if isinstance(v, dict) and "status" in v and k != "process_group"}
     if runs:

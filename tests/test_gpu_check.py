@@ -39,6 +39,7 @@ def test_dry_run_records_every_step_with_its_numbers(cache_dir, tmp_path):
     assert {(c["check"], c["dtype"]) for c in checks} == {(c, d) for c in ("vs_float64_cpu", "pad_invariance") for d in ("fp32", "bf16")}
     assert all(c["ok"] and 0 <= c["rel_error"] <= c["tolerance"] for c in checks)
     assert correctness["fp16_overflow"]["ok"] and correctness["fp16_overflow"]["after_overflow"]["scale"] == 512
+    assert "device_syncs" in steps["correctness"]["skipped"]  # CUDA only, skipped with its reason
 
     training = steps["training"]
     for name in ("train_linformer_base", "train_roberta_base"):

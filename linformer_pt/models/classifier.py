@@ -3,7 +3,7 @@
 Pretrained weights come from a pretraining checkpoint or an export: the encoder is loaded bit for bit (resized
 when max_positions differs), the LM head is dropped, and the sentence head starts from RoBERTa's initialisation.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from linformer_pt.errors import UserError
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig, _init_bert_params, forward_flops
 from linformer_pt.models.resize import resize_for
+from linformer_pt.modules.masked_grid import MaskedGrid
 
 LM_HEAD = ("lm_dense.", "lm_layer_norm.", "lm_bias")
 HEAD = "classification_head."
@@ -30,6 +31,13 @@ class ClassificationHead(nn.Module):
         return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
 
 
+def sentence_features(model: LinformerRoberta, tokens: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """The encoder's output at <s>, (B, 1, d): the last layer computes that row only (modules/masked_grid.py), since
+    the sentence head reads no other. A plain function, so the transformers export runs the very same code."""
+    grid = MaskedGrid.first_positions(tokens.shape[0], tokens.shape[1], tokens.device)
+    return LinformerRoberta.extract_features(model, tokens, padding_mask, grid).unsqueeze(1)
+
+
 class LinformerRobertaClassifier(LinformerRoberta):
     """Sentence classification (num_outputs classes) or regression (num_outputs = 1) on the encoder's <s>."""
 
@@ -44,12 +52,14 @@ class LinformerRobertaClassifier(LinformerRoberta):
 
     def forward(self, tokens: Tensor, padding_mask: Tensor = None) -> Tensor:  # type: ignore[override]
         """Logits (B, num_outputs) for token ids (B, n); padding_mask is True at padded positions."""
-        return self.classification_head(self.extract_features(tokens, padding_mask))
+        return self.classification_head(sentence_features(self, tokens, padding_mask))
 
     def forward_flops(self, n: int, masked: float = 0.0) -> float:
-        """Encoder FLOPs over n tokens plus the head on one position (no LM head: `masked` is ignored)."""
+        """Encoder FLOPs over n tokens (the last layer at <s> only) plus the head on one position (no LM head:
+        `masked` is ignored)."""
         d = self.cfg.embed_dim
-        return forward_flops(self.cfg, self.embed_tokens.num_embeddings, n, 0.0) + 2.0 * (d * d + d * self.num_outputs)
+        encoder = forward_flops(self.cfg, self.embed_tokens.num_embeddings, n, 0.0, last_layer_rows=1.0)
+        return encoder + 2.0 * (d * d + d * self.num_outputs)
 
     def load_encoder(self, state: Dict[str, Tensor], projection: str) -> List[str]:
         """Load a pretrained LinformerRoberta's weights into the encoder (resized to max_positions), dropping its LM

@@ -1,5 +1,7 @@
 """The masked positions of a batch laid out per sample, so the last encoder layer computes only the rows a loss reads.
 
+(The same holds for a sentence head, which reads each sample's first position only: `MaskedGrid.first_positions`.)
+
 A masked-LM loss reads the encoder's output at the ~15% masked positions only. Every layer but the last must still
 run on all positions (its output is the next layer's keys and values), but the last layer's queries, attention
 output, residuals, LayerNorms and feed-forward are needed only at those rows: computing them there is exact (the
@@ -31,6 +33,13 @@ class MaskedGrid(NamedTuple):
         valid = torch.arange(m) < counts[:, None]
         rows = torch.where(valid, order, 0) + torch.arange(b)[:, None] * n
         return cls(rows, valid.flatten().nonzero().squeeze(1))
+
+    @classmethod
+    def first_positions(cls, b: int, n: int, device: torch.device) -> "MaskedGrid":
+        """The grid of each sample's first position (<s>): the one row a sentence head reads (built from shapes
+        alone, so on the device without a sync)."""
+        first = torch.arange(b, device=device)
+        return cls((first * n).unsqueeze(1), first)
 
     def gather(self, x: Tensor) -> Tensor:
         """(B, n, d) -> (B, m, d): each sample's masked rows (and padding entries)."""

@@ -130,3 +130,34 @@ def test_a_batch_with_no_masked_position_trains_to_zero_loss_and_finite_gradient
     loss.backward()
     assert logits.shape == (0, 100) and loss.item() == 0.0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("attention", ["linformer", "standard"])
+def test_the_sentence_classifier_computes_the_last_layer_at_its_first_position_only(attention):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from linformer_pt.models.classifier import LinformerRobertaClassifier
+
+    cfg = LinformerRobertaConfig(layers=2, embed_dim=32, ffn_embed_dim=64, heads=4, max_positions=16, k=4,
+                                 attention=attention, dropout=0.0, attention_dropout=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    model = LinformerRobertaClassifier(cfg, vocab_size=100, padding_idx=1, num_outputs=3, pooler_dropout=0.0).train()
+    b = batch()
+    rows = []
+    model.encoder.layers[1].fc1.register_forward_hook(lambda m, inputs, out: rows.append(inputs[0].shape[0]))
+    outputs = []
+    for run in (lambda: model(b["tokens"], b["padding_mask"]),
+                lambda: model.classification_head(model.extract_features(b["tokens"], b["padding_mask"]))):
+        model.zero_grad()
+        logits = run()
+        logits.pow(2).sum().backward()
+        outputs.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-5, atol=1e-6)
+    for a, c in zip(outputs[0][1], outputs[1][1]):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+    assert rows[0] == len(LENGTHS)  # one row per sample in the last layer, against B * n without the grid
+    tokens = b["tokens"][:1, :16] if b["tokens"].shape[1] >= 16 else b["tokens"][:1]
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(tokens)
+    assert model.forward_flops(tokens.shape[1]) == pytest.approx(counter.get_total_flops(), rel=1e-9)

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-from linformer_pt.models.classifier import ClassificationHead
+from linformer_pt.models.classifier import ClassificationHead, sentence_features
 from linformer_pt.models.linformer_roberta import LinformerRoberta, LinformerRobertaConfig
 
 ENCODER_PARTS = ("embed_tokens", "embed_positions", "embed_layer_norm", "encoder")
@@ -110,7 +110,8 @@ class LinformerHFForSequenceClassification(LinformerHFPreTrainedModel):
         labels: Optional[torch.Tensor] = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
-        logits = self.classification_head(self.features(input_ids, attention_mask))
+        padding_mask = None if attention_mask is None else attention_mask == 0
+        logits = self.classification_head(sentence_features(self, input_ids, padding_mask))
         loss = None
         if labels is not None:
             if self.config.num_labels == 1:
