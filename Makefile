@@ -19,7 +19,7 @@ $(STAMP): setup.py
 train: $(STAMP)
 	$(BIN)/linformer-train $(ARGS)
 
-## test: the test suite (all of it, about 7.5 minutes on 2 cores)
+## test: the test suite (all of it, about 9 minutes on 2 cores)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
