@@ -182,8 +182,8 @@ def project_pair(
     if keep is not None:
         x = _masked(x, keep)
     n = x.shape[-2]
-    matrices = [e.matrix(n)] if f is e else [e.matrix(n), f.matrix(n)]
-    both = (matrices[0] if f is e else torch.cat(matrices, dim=-1)).transpose(-1, -2).to(x.dtype)
+    both = e.matrix(n) if f is e else torch.cat([e.matrix(n), f.matrix(n)], dim=-1)
+    both = both.transpose(-1, -2).to(x.dtype)
     projected = both @ x
     counts = both.sum(-1, keepdim=True).unsqueeze(0) if keep is None else both @ keep.to(x.dtype).unsqueeze(-1)
     if f is e:
