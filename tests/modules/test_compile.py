@@ -68,3 +68,24 @@ def test_changing_masked_counts_do_not_recompile_the_model():
         counts[marked] = (after_first, len(graphs))
     assert counts[True][0] == counts[True][1], counts  # marked: no graph after the first batch's
     assert counts[False][1] > counts[False][0], counts  # unmarked: compiled again
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+def test_the_cheaper_dropout_mask_under_inductor_drops_at_its_rate_and_follows_the_seed():
+    """Compiled training uses modules/dropout.py's mask too: its rate, scale and four 16-bit lanes per 64-bit draw must
+    survive inductor's code, and the mask must be a function of the seed (resumes and reruns depend on it)."""
+    from linformer_pt.modules.dropout import LEVELS, dropout
+
+    compiled = torch.compile(lambda x: dropout(x, 0.1, True))
+    x = torch.ones(64, 128, 128)  # 1M elements: the rate's standard deviation is 0.0003
+    torch.manual_seed(0)
+    first = compiled(x)
+    drop = round(0.1 * LEVELS) / LEVELS
+    assert (first == 0).double().mean().item() == pytest.approx(drop, abs=0.002)
+    assert torch.allclose(first[first != 0], torch.tensor(1 / (1 - drop)))
+    lanes = (first == 0).flatten().view(-1, 4).double().mean(0)  # each 16-bit lane of a draw alone
+    assert torch.allclose(lanes, torch.full((4,), drop, dtype=torch.float64), atol=0.004)
+    assert not torch.equal(compiled(x), first)  # the next call draws a new mask
+    torch.manual_seed(0)
+    assert torch.equal(compiled(x), first)  # the same seed, the same mask
