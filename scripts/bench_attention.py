@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from linformer_pt.modules import folded_attention as folding
 from linformer_pt.modules.attention import AttentionSpec, LinformerSelfAttention, StandardSelfAttention
 from linformer_pt.modules.encoder import EncoderLayer
 from benchlib import cpu_model, fmt, run_point, write_results  # noqa: E402  (scripts/ is on sys.path)
@@ -26,7 +27,7 @@ from benchlib import cpu_model, fmt, run_point, write_results  # noqa: E402  (sc
 BATCH, EMBED_DIM, HEADS, FFN_DIM = 1, 256, 4, 1024
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SCOPES = ("attention", "layer")
-MIN_REPS, MAX_REPS = 3, 20
+MIN_REPS, MAX_REPS = 3, 60
 WARMUP_N = 8
 MIB = 2**20
 RESULT_KEYS = ("time_ms", "memory_mib", "reps", "error")
@@ -75,7 +76,24 @@ class Published(nn.Module):
         return out[:, : x.shape[1]]
 
 
+class Unfolded(nn.Module):
+    """A module run with the folded attention path switched off (modules/folded_attention.py): the A/B of folding."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        folding.ENABLED = False
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            folding.ENABLED = True
+
+
 def build_module(scope: str, variant: str, n: int, sharing: str) -> nn.Module:
+    if variant.endswith("-unfolded"):
+        return Unfolded(build_module(scope, variant.removesuffix("-unfolded"), n, sharing))
     if variant.split("-k")[0] in PUBLISHED:
         attention: nn.Module = Published(variant, n, sharing)
     elif variant == "sdpa":
@@ -139,27 +157,30 @@ def measure_memory(point: Dict) -> Dict:
 def measure_times(point: Dict) -> Dict:
     """In one child process: median fwd+bwd time of every variant at one (scope, n), timed in alternating rounds.
 
-    Interleaving puts the machine's slow and fast moments on all variants alike, which keeps the ratios stable.
+    Interleaving puts the machine's slow and fast moments on all variants alike, which keeps the ratios stable; the
+    order rotates each round, so no variant always runs right after the same other one (whose caches it inherits).
     """
     steps = {variant: setup(point, variant)[1] for variant in point["variants"]}
     for step in steps.values():
         step()  # the first full-size pass allocates; it is not timed
     times: Dict[str, List[float]] = {variant: [] for variant in steps}
+    names = list(steps)
     while True:
-        for variant, step in steps.items():
+        reps = len(times[names[0]])
+        for variant in names[reps % len(names):] + names[: reps % len(names)]:
             start = time.perf_counter()
-            step()
+            steps[variant]()
             times[variant].append(time.perf_counter() - start)
-        reps = len(times[point["variants"][0]])
+        reps += 1
         spent = sum(sum(t) for t in times.values())
         if reps >= MAX_REPS or (reps >= MIN_REPS and spent >= point["budget"] * len(steps)):
             break
     return {v: {"time_ms": 1e3 * statistics.median(t), "reps": len(t)} for v, t in times.items()}
 
 
-def variants_at(n: int, ks: List[int], published: bool = False) -> List[str]:
+def variants_at(n: int, ks: List[int], published: bool = False, unfolded: bool = False) -> List[str]:
     # Linformer with k >= n would not shorten the sequence; the paper's Table 3 leaves those cells empty too.
-    ours = [f"linformer-k{k}" for k in sorted(ks) if k < n]
+    ours = [f"linformer-k{k}{suffix}" for k in sorted(ks) if k < n for suffix in ("", "-unfolded")[: 1 + unfolded]]
     installed = [name for name, package in PUBLISHED.items() if published and importlib.util.find_spec(package)]
     return ["naive", "sdpa"] + ours + [f"{name}-k{k}" for name in installed for k in sorted(ks) if k < n]
 
@@ -171,7 +192,7 @@ def make_points(args: argparse.Namespace) -> List[Dict]:
     points = []
     for n in sorted(args.n):
         for scope in SCOPES:
-            variants = variants_at(n, args.k, args.published)
+            variants = variants_at(n, args.k, args.published, args.unfolded)
             points.append({"kind": "time", "scope": scope, "n": n, "variants": variants, **common})
             # The CPU's high-water mark (max RSS) never goes down, so one process cannot measure CPU memory per point.
             if not (args.same_process and args.device == "cpu"):
@@ -253,6 +274,24 @@ def print_tables(rows: List[Dict], settings: str) -> None:
             print(f"| {r['n']} | {r['variant']} | " + " | ".join(cells) + " |")
     for r in (r for r in rows if r["error"]):
         print(f"missing: {r['scope']} n={r['n']} {r['variant']}: {r['error']}")
+    print_against_published(rows)
+
+
+def print_against_published(rows: List[Dict]) -> None:
+    """Each of our Linformer variants' time over the fastest published Linformer's at the same (scope, n, k)."""
+    lines = []
+    for r in rows:
+        if not r["variant"].startswith("linformer-") or r["time_ms"] is None:
+            continue
+        k = r["variant"].split("-")[1]
+        published = [p["time_ms"] for p in rows if (p["scope"], p["n"]) == (r["scope"], r["n"]) and p["time_ms"]
+                     and p["variant"].split("-")[0] in PUBLISHED and p["variant"].endswith(f"-{k}")]  # fmt: skip
+        if published:
+            lines.append(f"| {r['scope']} | {r['n']} | {r['variant']} | {r['time_ms'] / min(published):.3f} |")
+    if lines:
+        print("\n### ours / fastest published Linformer (fwd+bwd time)\n")
+        print("| scope | n | variant | time / fastest published |\n|---|---:|---|---:|")
+        print("\n".join(lines))
 
 
 def plot(rows: List[Dict], path: Path) -> None:
@@ -288,6 +327,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sharing", default="headwise", choices=["none", "headwise", "kv", "layerwise"])
     parser.add_argument("--published", action="store_true", help="also time the published Linformers that are "
                         "installed: lucidrains' linformer, tatp22's linformer-pytorch (pip install them)")
+    parser.add_argument("--unfolded", action="store_true", help="also time each Linformer variant with the "
+                        "folded attention path off (linformer-kK-unfolded): the A/B of modules/folded_attention.py")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--reps-budget", type=float, default=2.0, help="seconds of timed passes per point")

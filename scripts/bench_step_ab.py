@@ -6,19 +6,21 @@ repetition times one Trainer.train_step per variant, in an order rotated per rep
 ratio to the baseline is what noise alone gives (an A/A). Reported: median ms/step, speed-up = baseline median /
 variant median, and the spread (25th-75th percentile) of per-repetition ratios.
 
-Run: .venv/bin/python scripts/bench_step_ab.py --change qkv|optim|dropout|compile [--precision fp32 --reps 10]
+Run: .venv/bin/python scripts/bench_step_ab.py --change qkv|optim|dropout|grid|fold|compile [--precision fp32 --reps 10]
 """
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import time
+import types
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 
-from linformer_pt.modules import attention, dropout
+from linformer_pt.modules import attention, dropout, folded_attention
 from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.tasks import masked_lm
 from linformer_pt.training.trainer import Trainer
@@ -48,13 +50,14 @@ def separate_projections() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def torch_dropout() -> Iterator[None]:
-    """Before the dropout change: torch's F.dropout and SDPA with dropout_p (its math path on a CPU)."""
-    dropout.ENABLED = False
+def switched_off(module: types.ModuleType) -> Iterator[None]:
+    """A change with a module switch (`ENABLED`), off: before the dropout change, torch's F.dropout and SDPA with
+    dropout_p (its math path on a CPU); before the folding change, W_Q and W_O as maps of their own."""
+    module.ENABLED = False
     try:
         yield
     finally:
-        dropout.ENABLED = True
+        module.ENABLED = True
 
 
 @contextlib.contextmanager
@@ -91,9 +94,11 @@ def variants(change: str) -> Dict[str, Tuple[Context, Callable[[Trainer], None],
     if change == "qkv":
         before, after = (separate_projections, keep, {}), (NONE, keep, {})
     elif change == "dropout":
-        before, after = (torch_dropout, keep, {}), (NONE, keep, {})
+        before, after = (functools.partial(switched_off, dropout), keep, {}), (NONE, keep, {})
     elif change == "grid":
         before, after = (full_last_layer, keep, {}), (NONE, keep, {})
+    elif change == "fold":
+        before, after = (functools.partial(switched_off, folded_attention), keep, {}), (NONE, keep, {})
     elif change == "compile":
         before, after = (NONE, keep, {}), (NONE, keep, {"compile": True})
     elif change == "optim":
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> Dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--change", required=True, choices=("qkv", "optim", "dropout", "grid", "compile"))
+    parser.add_argument("--change", required=True, choices=("qkv", "optim", "dropout", "grid", "fold", "compile"))
     parser.add_argument("--attention", default="linformer", choices=("linformer", "standard"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--n", type=int, default=256)

@@ -14,6 +14,7 @@ from linformer_pt.errors import UserError
 from linformer_pt.modules.attention import ATTENTION_KINDS, SHARING_SCHEMES, AttentionSpec
 from linformer_pt.modules.dropout import dropout as fast_dropout
 from linformer_pt.modules.encoder import Encoder
+from linformer_pt.modules.folded_attention import folding_pays
 from linformer_pt.modules.masked_grid import MaskedGrid
 from linformer_pt.modules.projections import PROJECTION_INITS, PROJECTIONS
 from linformer_pt.registry import register_model
@@ -198,11 +199,15 @@ def forward_flops(
     ks = cfg.layer_ks()
     for i, k in enumerate(ks):
         rows = n if last_layer_rows is None or i < len(ks) - 1 else last_layer_rows
-        total += 4.0 * rows * d * d + 4.0 * rows * d * f  # Q and output maps, feed-forward
+        total += 4.0 * rows * d * f  # feed-forward
         if cfg.attention == "standard" or cfg.projection == "identity":
-            total += 4.0 * n * d * d + 4.0 * rows * n * d  # K and V maps; Q K^T and P V
+            total += 4.0 * rows * d * d + 4.0 * n * d * d + 4.0 * rows * n * d  # Q, K, V, output maps; QK^T, PV
             continue
-        total += 4.0 * rows * k * d + _kv_flops(cfg, n, k)  # softmax(Q K'^T) V' over k rows
+        if folding_pays(round(rows), k, d, cfg.heads):  # W_Q, W_O folded into K', V' (modules/folded_attention.py)
+            total += 4.0 * k * d * d + 2.0 * k * d + 4.0 * rows * d * cfg.heads * k  # 2kd: the query bias's term
+        else:  # Q and output maps; softmax(Q K'^T) V' over k rows
+            total += 4.0 * rows * d * d + 4.0 * rows * k * d
+        total += _kv_flops(cfg, n, k)
     return total
 
 

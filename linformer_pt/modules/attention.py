@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from linformer_pt.modules.dropout import attention as softmax_attention
+from linformer_pt.modules.folded_attention import folded_attention, folding_pays
 from linformer_pt.modules.projections import SequenceProjection, build_projection, project_pair
 
 SHARING_SCHEMES = ("none", "headwise", "kv", "layerwise")
@@ -47,12 +48,20 @@ class _MultiHeadBase(nn.Module):
         One matmul of the same FLOPs as three reads x once and makes one call instead of three; the weights stay
         three nn.Linear modules, so state-dict names and shapes (checkpoints, hub import/export) do not change.
         """
-        maps = (self.q_proj, self.k_proj, self.v_proj) if queries is None else (self.k_proj, self.v_proj)
+        if queries is not None:
+            return (self.q_proj(queries), *self.kv(x))
+        q, k, v = self._fused(x, (self.q_proj, self.k_proj, self.v_proj))
+        return q, k, v
+
+    def kv(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """K, V of x (B, n, d), each (B, n, d), from one GEMM against [W_K; W_V]."""
+        k, v = self._fused(x, (self.k_proj, self.v_proj))
+        return k, v
+
+    @staticmethod
+    def _fused(x: Tensor, maps: Tuple[nn.Linear, ...]) -> Tuple[Tensor, ...]:
         weight, bias = torch.cat([m.weight for m in maps]), torch.cat([m.bias for m in maps])
-        outputs = F.linear(x, weight, bias).chunk(len(maps), dim=-1)
-        if queries is None:
-            return outputs[0], outputs[1], outputs[2]
-        return self.q_proj(queries), outputs[0], outputs[1]
+        return F.linear(x, weight, bias).chunk(len(maps), dim=-1)
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, m, d) -> (B, heads, m, head_dim)."""
@@ -117,15 +126,22 @@ class LinformerSelfAttention(_MultiHeadBase):
         f = self.proj_f or e
         # A boolean keep: in a bf16/fp16 model a float one would round the window lengths it is summed into.
         keep = None if padding_mask is None or self.fairseq_compat else ~padding_mask
+        rows = x if queries is None else queries
+        # Shapes alone decide (no device sync): fold W_Q and W_O into the projected keys and values where it is cheaper.
+        fold = folding_pays(rows.shape[1], e.projected_rows(x.shape[1]), self.embed_dim, self.num_heads)
+        q: Optional[Tensor] = None
         if e.linear and not e.per_head:
             # K and V are mapped on the k projected rows, Q on the n rows of x: no common input to fuse them on.
-            q = self.split_heads(self.q_proj(x if queries is None else queries))
+            q = None if fold else self.q_proj(rows)
             k, v = self.project_first(x, keep, e, f)
         else:
-            q, k, v = self.qkv(x, queries)
-            q, (k, v) = self.split_heads(q), self.project_heads(k, v, keep, e, f)
+            q, k, v = (None, *self.kv(x)) if fold else self.qkv(x, queries)
+            k, v = self.project_heads(k, v, keep, e, f)
         key_mask = None if self.fairseq_compat else e.projected_padding_mask(padding_mask, x.shape[1], x.device)
-        return self.out_proj(self.attend(q, k, v, None if key_mask is None else ~key_mask[:, None, None, :]))
+        if q is None:
+            return folded_attention(rows, k, v, self.q_proj, self.out_proj, key_mask, self.dropout, self.training)
+        attn_mask = None if key_mask is None else ~key_mask[:, None, None, :]
+        return self.out_proj(self.attend(self.split_heads(q), k, v, attn_mask))
 
     def project_first(
         self, x: Tensor, keep: Optional[Tensor], e: SequenceProjection, f: SequenceProjection

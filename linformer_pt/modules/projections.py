@@ -38,6 +38,10 @@ class SequenceProjection(nn.Module):
         if n > self.max_positions:
             raise UserError(f"input length {n} exceeds max_positions {self.max_positions} of the Linformer projection")
 
+    def projected_rows(self, n: int) -> int:
+        """How many rows an input of n rows is projected to."""
+        return self.k
+
     def projected_padding_mask(self, padding_mask: Optional[Tensor], n: int, device: torch.device) -> Optional[Tensor]:
         """(B or 1, k) True where a projected row holds no real position (masked out as keys), or None."""
         return None
@@ -95,6 +99,9 @@ class IdentityProjection(SequenceProjection):
     def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
         self.check_length(x.shape[-2])
         return x if keep is None else _masked(x, keep)
+
+    def projected_rows(self, n: int) -> int:
+        return n
 
     def projected_padding_mask(self, padding_mask: Optional[Tensor], n: int, device: torch.device) -> Optional[Tensor]:
         return padding_mask

@@ -53,7 +53,9 @@ def test_changing_masked_counts_do_not_recompile_the_model():
             return gm.forward
 
         torch.manual_seed(0)
-        cfg = LinformerRobertaConfig(layers=2, embed_dim=32, ffn_embed_dim=64, heads=4, max_positions=16, k=4,
+        # k=8: folding W_Q, W_O into K', V' (modules/folded_attention.py) never pays here, at any masked count; with
+        # k=4 it would from 7 rows up, and a batch crossing that count would take the other branch's graph.
+        cfg = LinformerRobertaConfig(layers=2, embed_dim=32, ffn_embed_dim=64, heads=4, max_positions=16, k=8,
                                      dropout=0.0, attention_dropout=0.0)  # fmt: skip
         model = LinformerRoberta(cfg, vocab_size=100, padding_idx=1).train()  # as trained: one graph, no break
         compiled = torch.compile(model, backend=backend)
