@@ -13,6 +13,7 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}
 # A padded row vs the same row alone, both on the device: only kernel choices for the two shapes differ. fp32 is the
 # sharp test (ignoring the padding mask, as fairseq does, costs ~5e-3); bf16 catches gross errors only.
 PAD_TOLERANCE = {"fp32": 1e-5, "bf16": 5e-3}
+FOLDED_K = 8  # with 4 heads of 16: H k = 32 < d + k = 72, so the folded attention pays at n = 64 and 512
 
 def device_of(dry_run: bool) -> str:
     return "cpu" if dry_run else "cuda"
@@ -34,6 +35,13 @@ def step_correctness(rec: Any, args: argparse.Namespace) -> str:
     for attention, sharing in [("linformer", s) for s in SHARING_SCHEMES] + [("standard", "-")]:
         checks += model_checks(device, n, k, attention, sharing)
         rec.set("checks", checks)
+    # At k = 8 folding W_Q and W_O into the projected keys and values pays (modules/folded_attention.py), so that
+    # path runs on the device too; at the k above every layer takes the unfolded one.
+    folded = model_checks(device, n, FOLDED_K, "linformer", "headwise")
+    for check in folded:
+        check["attention"] = f"linformer k={FOLDED_K} (folded)"
+    checks += folded
+    rec.set("checks", checks)
     overflow = fp16_overflow(args, device)
     rec.set("fp16_overflow", overflow)
     if args.dry_run:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from linformer_pt.cli.train import device_line
+from linformer_pt.modules.folded_attention import folding_pays
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
@@ -36,6 +37,9 @@ def test_dry_run_records_every_step_with_its_numbers(cache_dir, tmp_path):
     correctness = steps["correctness"]["results"]
     checks = correctness["checks"]
     assert {(c["attention"], c["sharing"]) for c in checks} >= {("linformer", s) for s in ("none", "headwise", "kv", "layerwise")}
+    assert any(c["attention"].endswith("(folded)") for c in checks)  # the folded attention path is checked too
+    n = correctness["settings"]["n"]
+    assert folding_pays(n, 8, 64, 4) and folding_pays(n - n // 3, 8, 64, 4)  # and does fold there, padded or not
     assert {(c["check"], c["dtype"]) for c in checks} == {(c, d) for c in ("vs_float64_cpu", "pad_invariance") for d in ("fp32", "bf16")}
     assert all(c["ok"] and 0 <= c["rel_error"] <= c["tolerance"] for c in checks)
     assert correctness["fp16_overflow"]["ok"] and correctness["fp16_overflow"]["after_overflow"]["scale"] == 512
