@@ -22,7 +22,7 @@ from tqdm import tqdm
 from linformer_pt.modules import folded_attention as folding
 from linformer_pt.modules.attention import AttentionSpec, LinformerSelfAttention, StandardSelfAttention
 from linformer_pt.modules.encoder import EncoderLayer
-from benchlib import cpu_model, fmt, run_point, write_results  # noqa: E402  (scripts/ is on sys.path)
+from benchlib import cpu_model, fmt, run_point, switched_off, write_results  # noqa: E402  (scripts/ is on sys.path)
 
 BATCH, EMBED_DIM, HEADS, FFN_DIM = 1, 256, 4, 1024
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -84,11 +84,8 @@ class Unfolded(nn.Module):
         self.inner = inner
 
     def forward(self, *args, **kwargs):
-        folding.ENABLED = False
-        try:
+        with switched_off(folding):
             return self.inner(*args, **kwargs)
-        finally:
-            folding.ENABLED = True
 
 
 def build_module(scope: str, variant: str, n: int, sharing: str) -> nn.Module:

@@ -14,7 +14,6 @@ import functools
 import json
 import statistics
 import time
-import types
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Tuple
 
@@ -25,6 +24,7 @@ from linformer_pt.registry import MODELS, TASKS
 from linformer_pt.tasks import masked_lm
 from linformer_pt.training.trainer import Trainer
 from bench_train import compose_train_config  # noqa: E402  (scripts/ is on sys.path; registers models, tasks)
+from benchlib import switched_off  # noqa: E402
 
 Context = Callable[[], contextlib.AbstractContextManager]
 
@@ -47,17 +47,6 @@ def separate_projections() -> Iterator[None]:
         yield
     finally:
         attention._MultiHeadBase.qkv, attention.project_pair = saved
-
-
-@contextlib.contextmanager
-def switched_off(module: types.ModuleType) -> Iterator[None]:
-    """A change with a module switch (`ENABLED`), off: before the dropout change, torch's F.dropout and SDPA with
-    dropout_p (its math path on a CPU); before the folding change, W_Q and W_O as maps of their own."""
-    module.ENABLED = False
-    try:
-        yield
-    finally:
-        module.ENABLED = True
 
 
 @contextlib.contextmanager

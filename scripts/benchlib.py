@@ -1,11 +1,14 @@
-"""What the benchmark scripts share: one measurement per fresh subprocess, the CPU's name, table cells, result files."""
+"""What the benchmark scripts share: one measurement per fresh subprocess, the CPU's name, table cells, result files,
+and switching a change off for an A/B."""
+import contextlib
 import csv
 import json
 import platform
 import subprocess
 import sys
+import types
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 
 def run_point(script: str, point: Dict, timeout: float) -> Dict:
@@ -20,6 +23,17 @@ def run_point(script: str, point: Dict, timeout: float) -> Dict:
         # A process killed by the OOM killer leaves no traceback, only the signal.
         return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def switched_off(module: types.ModuleType) -> Iterator[None]:
+    """A change with a module switch (`ENABLED`), off for the duration: the "before" of an A/B. Before the dropout
+    change, torch's F.dropout and SDPA with dropout_p; before the folding change, W_Q and W_O as maps of their own."""
+    module.ENABLED = False
+    try:
+        yield
+    finally:
+        module.ENABLED = True
 
 
 def cpu_model() -> str:
